@@ -1,0 +1,218 @@
+"""Nudge settings, read entirely from the environment (12-factor, django-environ).
+
+Every setting a deployment changes is an environment variable; `.env` in the project root
+is read too when present. Defaults give a working first run on SQLite; production sets
+DEBUG=false, SECRET_KEY, ALLOWED_HOSTS and DATABASE_URL (and usually REDIS_URL).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").is_file():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env(
+    "SECRET_KEY",
+    default="django-insecure-local-development-key-change-me-in-production-0123456789",
+)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "marketing",
+    "journeys",
+    "media_tasks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web server, the ticker and the workers read while one of them writes;
+    # IMMEDIATE transactions take the write lock up front instead of failing on upgrade.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
+    )
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(BASE_DIR / "media")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+
+# Large enough for the batch endpoint; the event views enforce their own limits (413).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 16 * 1024 * 1024
+
+# --- API ------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "EXCEPTION_HANDLER": "config.api.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Nudge API",
+    "DESCRIPTION": "Signed event ingestion and scheduled marketing sends.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Webhooks -------------------------------------------------------------------------------
+# Standard Webhooks secrets (whsec_<base64>), space-separated: several may be active during a
+# rotation. Unset means every signed request is refused with 401.
+NUDGE_WEBHOOK_SECRETS = env.str("NUDGE_WEBHOOK_SECRET", default="").split()
+NUDGE_WEBHOOK_TOLERANCE_SECONDS = env.int("NUDGE_WEBHOOK_TOLERANCE_SECONDS", default=300)
+NUDGE_EVENT_MAX_BYTES = env.int("NUDGE_EVENT_MAX_BYTES", default=256 * 1024)
+NUDGE_BATCH_MAX_BYTES = env.int("NUDGE_BATCH_MAX_BYTES", default=8 * 1024 * 1024)
+NUDGE_BATCH_MAX_EVENTS = env.int("NUDGE_BATCH_MAX_EVENTS", default=1000)
+
+# --- Task queue (django-q2) -----------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+_broker: dict[str, object] = {"redis": REDIS_URL} if REDIS_URL else {"orm": "default"}
+
+Q_CLUSTER: dict[str, object] = {
+    # "messaging" runs deadline-bound work (sends); "media" runs CPU-bound work with no
+    # deadline. Start the media pool with Q_CLUSTER_NAME=media (see README, "Queues").
+    "name": "nudge",
+    "cluster_name": "messaging",
+    **_broker,
+    "workers": env.int("Q_MESSAGING_WORKERS", default=4),
+    "recycle": 1000,
+    "timeout": env.int("Q_MESSAGING_TIMEOUT", default=60),
+    "retry": env.int("Q_MESSAGING_RETRY", default=90),
+    "max_attempts": 3,
+    "ack_failures": True,
+    "poll": 0.1,
+    "bulk": 10,
+    "save_limit": 100,
+    "queue_limit": 50,
+    "catch_up": False,
+    "label": "Task queue",
+    "ALT_CLUSTERS": {
+        "media": {
+            "workers": env.int("Q_MEDIA_WORKERS", default=os.cpu_count() or 1),
+            "timeout": env.int("Q_MEDIA_TIMEOUT", default=600),
+            "retry": env.int("Q_MEDIA_RETRY", default=900),
+            "bulk": 1,
+            "queue_limit": 4,
+            "max_attempts": 2,
+            "recycle": 50,
+            "scheduler": False,
+        },
+    },
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and not REDIS_URL:
+    Q_CLUSTER["workers"] = env.int("Q_MESSAGING_WORKERS", default=1)
+
+# --- Security (production: DEBUG=false) -----------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
+    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

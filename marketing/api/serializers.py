@@ -1,0 +1,130 @@
+"""Validation of incoming events: shape only, no side effects."""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+from rest_framework import serializers
+
+from marketing.models import E164, EventType
+
+MAX_ITEMS = 500
+EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
+# How far in the future an event's occurred_at may be (sender clock skew).
+MAX_CLOCK_SKEW = timedelta(minutes=10)
+
+
+def _no_nul(value: Any) -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: refuse it with a field error, not a 500."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise serializers.ValidationError("must not contain the NUL character (\\u0000)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _no_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_nul(item)
+
+
+def _validate_timezone(value: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise serializers.ValidationError(f"unknown time zone {value!r}") from exc
+
+
+class CurrencyField(serializers.RegexField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            r"^[A-Z]{3}$", error_messages={"invalid": "ISO 4217 code, e.g. EUR."}, **kwargs
+        )
+
+
+class ConsentSerializer(serializers.Serializer):
+    email = serializers.BooleanField(required=False)
+    sms = serializers.BooleanField(required=False)
+
+
+class UserSerializer(serializers.Serializer):
+    id = serializers.CharField(max_length=255)
+    email = serializers.EmailField(max_length=254, required=False, allow_blank=True)
+    phone = serializers.CharField(
+        max_length=16, required=False, allow_blank=True, allow_null=True, validators=[E164]
+    )
+    first_name = serializers.CharField(
+        max_length=150, required=False, allow_blank=True, allow_null=True
+    )
+    timezone = serializers.CharField(max_length=64, required=False, validators=[_validate_timezone])
+    consent = ConsentSerializer(required=False)
+
+
+class CartSerializer(serializers.Serializer):
+    id = serializers.CharField(max_length=255)
+    total = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0)
+    currency = CurrencyField()
+    checkout_url = serializers.URLField(max_length=2000, required=False, allow_blank=True)
+    items = serializers.ListField(
+        child=serializers.DictField(), required=False, max_length=MAX_ITEMS
+    )
+
+
+class PaymentSerializer(serializers.Serializer):
+    id = serializers.CharField(max_length=255)
+    cart_id = serializers.CharField(max_length=255, required=False, allow_null=True)
+    amount = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0)
+    currency = CurrencyField()
+    discount_code = serializers.CharField(
+        max_length=64, required=False, allow_null=True, allow_blank=True
+    )
+
+
+class EventSerializer(serializers.Serializer):
+    id = serializers.CharField(max_length=255)
+    type = serializers.RegexField(
+        EVENT_TYPE_PATTERN,
+        error_messages={"invalid": "lower-case letters, digits, '_' and '.', at most 64."},
+    )
+    occurred_at = serializers.DateTimeField()
+    user = UserSerializer()
+    cart = CartSerializer(required=False, allow_null=True)
+    payment = PaymentSerializer(required=False, allow_null=True)
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            try:
+                _no_nul(data)
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"non_field_errors": exc.detail}) from exc
+        return super().to_internal_value(data)
+
+    def validate_occurred_at(self, value: Any) -> Any:
+        raw = self.initial_data.get("occurred_at") if isinstance(self.initial_data, dict) else None
+        if isinstance(raw, str) and not re.search(r"([zZ]|[+-]\d\d:?\d\d)$", raw):
+            raise serializers.ValidationError(
+                "must carry a time zone offset, e.g. 2026-11-28T12:00:00Z"
+            )
+        if value > timezone.now() + MAX_CLOCK_SKEW:
+            raise serializers.ValidationError("is in the future")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        event_type = attrs["type"]
+        if event_type == EventType.CHECKOUT_STARTED and not attrs.get("cart"):
+            raise serializers.ValidationError({"cart": ["required for checkout_started"]})
+        if event_type == EventType.PAYMENT_FINISHED and not attrs.get("payment"):
+            raise serializers.ValidationError({"payment": ["required for payment_finished"]})
+        return attrs
+
+
+class EventBatchSerializer(serializers.Serializer):
+    """The batch envelope; each event is validated on its own and answered per item."""
+
+    events = serializers.ListField(
+        child=serializers.JSONField(), allow_empty=False, max_length=1000
+    )

@@ -1,0 +1,145 @@
+"""Event ingestion endpoints: verify the signature on the raw bytes, validate, call one service."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketing import services, webhooks
+from marketing.api.serializers import EventBatchSerializer, EventSerializer
+from marketing.models import Event
+
+logger = logging.getLogger(__name__)
+
+
+class SignedEventView(APIView):
+    """Common steps of both endpoints; DRF parsing is bypassed so the signature covers the
+    exact bytes received."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+    max_bytes = 0
+
+    def _verified_json(self, request: Request) -> tuple[Any, Response | None]:
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if length.isdigit() and int(length) > self.max_bytes:
+            return None, self._too_large()
+        body = request._request.body  # raw bytes, before any parsing
+        if len(body) > self.max_bytes:
+            return None, self._too_large()
+        try:
+            webhooks.verify(
+                secrets=settings.NUDGE_WEBHOOK_SECRETS,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+                tolerance_seconds=settings.NUDGE_WEBHOOK_TOLERANCE_SECONDS,
+            )
+        except webhooks.WebhookConfigurationError as exc:
+            logger.error("event refused: %s", exc)
+            return None, Response(
+                {"detail": "Webhook verification is not configured on this server."},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        except webhooks.WebhookVerificationError as exc:
+            return None, Response(
+                {"detail": f"Invalid signature: {exc}."}, status=status.HTTP_401_UNAUTHORIZED
+            )
+        try:
+            return json.loads(body), None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            return None, Response(
+                {"detail": f"Body is not valid UTF-8 JSON: {exc}"},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+
+    def _too_large(self) -> Response:
+        return Response(
+            {"detail": f"Body larger than {self.max_bytes} bytes."},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+
+
+def _ingest_one(payload: Any) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) for one event; DatabaseError propagates (503 for the request)."""
+    serializer = EventSerializer(data=payload)
+    if not serializer.is_valid():
+        return status.HTTP_400_BAD_REQUEST, {"errors": serializer.errors}
+    try:
+        result = services.event_ingest(
+            source=Event.Source.WEBHOOK, data=serializer.validated_data, payload=payload
+        )
+    except services.EventConflict as exc:
+        return status.HTTP_409_CONFLICT, {"detail": str(exc)}
+    return (status.HTTP_202_ACCEPTED if result.created else status.HTTP_200_OK), result.body
+
+
+class EventIngestView(SignedEventView):
+    max_bytes = settings.NUDGE_EVENT_MAX_BYTES
+
+    @extend_schema(
+        request=EventSerializer,
+        responses={
+            202: OpenApiResponse(description="New event, committed with its effects."),
+            200: OpenApiResponse(description="Repeat of a known event: the same result."),
+            400: OpenApiResponse(description="Invalid JSON or schema, with field errors."),
+            401: OpenApiResponse(description="Missing or bad signature, or stale timestamp."),
+            409: OpenApiResponse(description="Known event id with a different body."),
+            413: OpenApiResponse(description="Body over 256 KiB."),
+            503: OpenApiResponse(description="Database unavailable: retry."),
+        },
+        summary="Ingest one signed event (Standard Webhooks).",
+    )
+    def post(self, request: Request) -> Response:
+        payload, refusal = self._verified_json(request)
+        if refusal is not None:
+            return refusal
+        code, body = _ingest_one(payload)
+        return Response(body, status=code)
+
+
+class EventBatchIngestView(SignedEventView):
+    max_bytes = settings.NUDGE_BATCH_MAX_BYTES
+
+    @extend_schema(
+        request=EventBatchSerializer,
+        responses={200: OpenApiResponse(description="One result per event, in order.")},
+        summary="Ingest up to 1,000 signed events; answered per item.",
+    )
+    def post(self, request: Request) -> Response:
+        payload, refusal = self._verified_json(request)
+        if refusal is not None:
+            return refusal
+        envelope = EventBatchSerializer(data=payload)
+        if not envelope.is_valid():
+            return Response({"errors": envelope.errors}, status=status.HTTP_400_BAD_REQUEST)
+        events: list[Any] = payload["events"]
+        results: list[dict[str, Any]] = [{} for _ in events]
+        # One transaction for the batch, a savepoint per item (event_ingest is atomic), so a
+        # refused item leaves the others intact. Items are applied in customer
+        # order so that two concurrent batches lock customer rows in the same order.
+        order = sorted(range(len(events)), key=lambda i: _customer_key(events[i]))
+        with transaction.atomic():
+            for index in order:
+                code, body = _ingest_one(events[index])
+                results[index] = {"index": index, "status": code, **body}
+        counts = {"accepted": 0, "duplicate": 0, "conflict": 0, "invalid": 0}
+        names = {202: "accepted", 200: "duplicate", 409: "conflict", 400: "invalid"}
+        for item in results:
+            counts[names[item["status"]]] += 1
+        return Response({**counts, "results": results}, status=status.HTTP_200_OK)
+
+
+def _customer_key(event: Any) -> str:
+    if isinstance(event, dict) and isinstance(event.get("user"), dict):
+        return str(event["user"].get("id", ""))
+    return ""

@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class MarketingConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "marketing"
+    verbose_name = "Marketing data"
+
+    def ready(self) -> None:
+        from marketing import receivers
+
+        receivers.connect()

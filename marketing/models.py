@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils.timezone import now
+
+E164 = RegexValidator(r"^\+[1-9]\d{6,14}$", "Phone numbers are in E.164 format, e.g. +14155550101.")
+
+
+class Channel(models.TextChoices):
+    EMAIL = "email", "Email"
+    SMS = "sms", "SMS"
+
+
+class EventType(models.TextChoices):
+    """The event types Nudge knows; any other type is stored too and triggers what uses it."""
+
+    USER_REGISTERED = "user_registered", "User registered"
+    CHECKOUT_STARTED = "checkout_started", "Checkout started"
+    PAYMENT_FINISHED = "payment_finished", "Payment finished"
+
+
+class Customer(models.Model):
+    external_id = models.CharField(max_length=255, unique=True)
+    email = models.EmailField(max_length=254, blank=True)
+    phone = models.CharField(max_length=16, blank=True, validators=[E164])
+    first_name = models.CharField(max_length=150, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC")
+    consent_email = models.BooleanField("email consent", default=True)
+    consent_sms = models.BooleanField("SMS consent", default=True)
+    # occurred_at of the event that last set the profile: an older event arriving late
+    # does not overwrite newer data.
+    profile_as_of = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(default=now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["email"])]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+    def has_consent(self, channel: str) -> bool:
+        return self.consent_email if channel == Channel.EMAIL else self.consent_sms
+
+
+class Cart(models.Model):
+    external_id = models.CharField(max_length=255, unique=True)
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="carts")
+    total = models.DecimalField(max_digits=12, decimal_places=2, default=0)
+    currency = models.CharField(max_length=3, default="EUR")
+    checkout_url = models.URLField(max_length=2000, blank=True)
+    items = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class Payment(models.Model):
+    external_id = models.CharField(max_length=255, unique=True)
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="payments")
+    cart = models.ForeignKey(
+        Cart, on_delete=models.SET_NULL, null=True, blank=True, related_name="payments"
+    )
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3, default="EUR")
+    discount_code = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class Event(models.Model):
+    """Every accepted event, stored once: the record journeys decide from."""
+
+    class Source(models.TextChoices):
+        WEBHOOK = "webhook", "Webhook"
+        HOST = "host", "Host application"
+
+    source = models.CharField(max_length=16, choices=Source.choices)
+    event_id = models.CharField(max_length=255)
+    type = models.CharField(max_length=64, db_index=True)
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="events", null=True, blank=True
+    )
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(default=now)
+    payload = models.JSONField()
+    body_sha256 = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["source", "event_id"], name="event_unique_per_source"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["customer", "type", "occurred_at"], name="event_customer_type_time"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"

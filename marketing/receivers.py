@@ -1,0 +1,35 @@
+"""Thin adapters: a customer, cart or payment the host saves becomes the same event a webhook
+would have delivered, recorded after the host's transaction commits."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from django.db import transaction
+from django.db.models.signals import post_save
+
+from marketing import services
+from marketing.models import Cart, Customer, Payment
+
+
+def record_host_event(
+    sender: type, instance: Any, created: bool, raw: bool = False, **kwargs: Any
+) -> None:
+    if not created or raw or services.is_ingesting():
+        return
+    ids = {"customer_id": instance.pk}
+    if isinstance(instance, Cart):
+        ids = {"customer_id": instance.customer_id, "cart_id": instance.pk}
+    elif isinstance(instance, Payment):
+        ids = {"customer_id": instance.customer_id, "payment_id": instance.pk}
+    transaction.on_commit(
+        partial(services.event_record_host, event_type=services.HOST_EVENT_FOR_MODEL[sender], **ids)
+    )
+
+
+def connect() -> None:
+    for model in (Customer, Cart, Payment):
+        post_save.connect(
+            record_host_event, sender=model, dispatch_uid=f"nudge-host-event-{model.__name__}"
+        )
