@@ -216,3 +216,21 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Journeys -------------------------------------------------------------------------------
+# Channel backends by name; "journeys.channels.OutboxChannel" records messages on the row only.
+NUDGE_CHANNELS = {
+    "email": env.str("NUDGE_EMAIL_CHANNEL", default="journeys.channels.OutboxChannel"),
+    "sms": env.str("NUDGE_SMS_CHANNEL", default="journeys.channels.OutboxChannel"),
+}
+# Event types a journey may use besides the built-in ones and those already received.
+NUDGE_EXTRA_EVENT_TYPES = env.list("NUDGE_EXTRA_EVENT_TYPES", default=[])
+# The ticker: how often it looks for due sends, how many it claims per query, and how many
+# ids one dispatch task carries.
+NUDGE_TICK_SECONDS = env.float("NUDGE_TICK_SECONDS", default=0.2)
+NUDGE_CLAIM_BATCH = env.int("NUDGE_CLAIM_BATCH", default=500)
+NUDGE_DISPATCH_CHUNK = env.int("NUDGE_DISPATCH_CHUNK", default=50)
+# A claimed send whose worker has not finished after this long is handed out again.
+NUDGE_SEND_LEASE_SECONDS = env.int("NUDGE_SEND_LEASE_SECONDS", default=120)
+# A send is marked failed after this many attempts.
+NUDGE_SEND_MAX_ATTEMPTS = env.int("NUDGE_SEND_MAX_ATTEMPTS", default=5)

@@ -1,0 +1,13 @@
+from django.urls import path
+
+from journeys.api import views
+
+urlpatterns = [
+    path("sends/", views.ScheduledSendListView.as_view(), name="send-list"),
+    path("sends/<int:send_id>/", views.ScheduledSendDetailView.as_view(), name="send-detail"),
+    path(
+        "sends/<int:send_id>/cancel/",
+        views.ScheduledSendCancelView.as_view(),
+        name="send-cancel",
+    ),
+]

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.generics import GenericAPIView
+from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from journeys import selectors, services
+from journeys.api.serializers import (
+    ScheduledSendCancelSerializer,
+    ScheduledSendFilterSerializer,
+    ScheduledSendSerializer,
+)
+from journeys.models import ScheduledSend
+
+
+class HasPermission(BasePermission):
+    """The user holds one model permission (the Marketer group has them)."""
+
+    perm = ""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return bool(request.user and request.user.has_perm(self.perm))
+
+
+class CanViewSends(HasPermission):
+    perm = "journeys.view_scheduledsend"
+
+
+class CanChangeSends(HasPermission):
+    perm = "journeys.change_scheduledsend"
+
+
+class ScheduledSendListView(GenericAPIView):
+    permission_classes = [IsAuthenticated, CanViewSends]
+    serializer_class = ScheduledSendSerializer
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("customer", str, description="Customer external id."),
+            OpenApiParameter("journey", str, description="Journey slug."),
+            OpenApiParameter("status", str, enum=ScheduledSend.Status.values),
+        ],
+        summary="Scheduled sends, newest first (paginated: limit, offset).",
+    )
+    def get(self, request: Request) -> Response:
+        filters = ScheduledSendFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        sends = selectors.scheduled_sends(**filters.validated_data)
+        page = self.paginate_queryset(sends)
+        return self.get_paginated_response(ScheduledSendSerializer(page, many=True).data)
+
+
+class ScheduledSendDetailView(APIView):
+    permission_classes = [IsAuthenticated, CanViewSends]
+
+    @extend_schema(responses=ScheduledSendSerializer, summary="One scheduled send.")
+    def get(self, request: Request, send_id: int) -> Response:
+        send = get_object_or_404(selectors.scheduled_sends(), pk=send_id)
+        return Response(ScheduledSendSerializer(send).data)
+
+
+class ScheduledSendCancelView(APIView):
+    permission_classes = [IsAuthenticated, CanChangeSends]
+
+    @extend_schema(
+        request=ScheduledSendCancelSerializer,
+        responses={200: ScheduledSendSerializer},
+        summary="Cancel a send that has not gone out (409 when it already has an outcome).",
+    )
+    def post(self, request: Request, send_id: int) -> Response:
+        body = ScheduledSendCancelSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        get_object_or_404(ScheduledSend, pk=send_id)
+        reason = body.validated_data["reason"] or "no reason given"
+        try:
+            services.scheduled_send_cancel(
+                send_id=send_id, reason=f"cancelled by {request.user.get_username()}: {reason}"
+            )
+        except services.SendNotCancellable as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        send = selectors.scheduled_sends().get(pk=send_id)
+        return Response(ScheduledSendSerializer(send).data)

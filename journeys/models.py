@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db import models
+from django.db.models import Q
+from django.utils.timezone import now
+
+from journeys.querysets import ScheduledSendManager
+from marketing.models import Cart, Channel, Customer, Event
+
+
+class Journey(models.Model):
+    """A marketer's rule: on `trigger`, schedule the steps; `exit_on` events cancel them."""
+
+    class Dedupe(models.TextChoices):
+        FIRST = "first", "first: ignore later triggers while one is pending"
+        LATEST = "latest", "latest: a later trigger replaces the pending send"
+        EVERY = "every", "every: each trigger schedules its own sends"
+
+    class Reentry(models.TextChoices):
+        ONCE = "once", "once ever"
+        PERIOD = "period", "once per period"
+        EVERY = "every", "every time"
+
+    class ExitScope(models.TextChoices):
+        CUSTOMER = "customer", "any exit event of the customer"
+        CART = "cart", "only an exit event about the same cart"
+
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    trigger = models.CharField(max_length=64, help_text="Event type that enrols a customer.")
+    exit_on = models.JSONField(
+        default=list, blank=True, help_text="Event types that cancel what is still pending."
+    )
+    exit_scope = models.CharField(
+        max_length=16, choices=ExitScope.choices, default=ExitScope.CUSTOMER
+    )
+    dedupe = models.CharField(max_length=16, choices=Dedupe.choices, default=Dedupe.FIRST)
+    max_wait = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="With 'latest': later triggers postpone the sends by at most this much "
+        "past the first trigger.",
+    )
+    reentry = models.CharField(max_length=16, choices=Reentry.choices, default=Reentry.ONCE)
+    reentry_period = models.DurationField(
+        null=True, blank=True, help_text="With 'once per period': the period."
+    )
+    max_lateness = models.DurationField(
+        default=timedelta(hours=2),
+        help_text="A send later than this after its due time is dropped instead of sent.",
+    )
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class JourneyStep(models.Model):
+    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField(default=0)
+    delay = models.DurationField(help_text="After the trigger event occurred.")
+    channel = models.CharField(max_length=8, choices=Channel.choices)
+    subject = models.CharField(
+        max_length=300, blank=True, help_text="Email subject (Django template); empty for SMS."
+    )
+    body = models.TextField(
+        help_text="Django template; context: customer, cart, discount, journey."
+    )
+    discount_percent = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="A unique discount code per send, this many % off."
+    )
+    discount_valid_for = models.DurationField(
+        null=True, blank=True, help_text="How long the code is valid after it is sent."
+    )
+
+    class Meta:
+        ordering = ["journey", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["journey", "position"], name="step_unique_position"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.journey.slug} step {self.position}"
+
+
+class Enrollment(models.Model):
+    """A customer entering a journey because of one trigger event (re-entry is counted here)."""
+
+    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="enrollments")
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="enrollments")
+    cart = models.ForeignKey(Cart, on_delete=models.SET_NULL, null=True, blank=True)
+    trigger_event = models.ForeignKey(Event, on_delete=models.SET_NULL, null=True, blank=True)
+    trigger_occurred_at = models.DateTimeField()
+    # With dedupe 'latest', when the chain of superseding triggers began (caps the wait).
+    chain_started_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(
+                fields=["journey", "customer", "trigger_occurred_at"], name="enrollment_lookup"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer} in {self.journey.slug}"
+
+
+class ScheduledSend(models.Model):
+    """The promise of one message: the source of truth, whatever the queue does.
+
+    pending -> sending (claimed by the ticker, handed to a worker) -> sent; or cancelled /
+    skipped / failed with a human-readable reason.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        SENDING = "sending", "sending"
+        SENT = "sent", "sent"
+        CANCELLED = "cancelled", "cancelled"
+        SKIPPED = "skipped", "skipped"
+        FAILED = "failed", "failed"
+
+    ACTIVE = (Status.PENDING, Status.SENDING)
+
+    enrollment = models.ForeignKey(Enrollment, on_delete=models.CASCADE, related_name="sends")
+    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="sends")
+    step = models.ForeignKey(JourneyStep, on_delete=models.SET_NULL, null=True, blank=True)
+    step_position = models.PositiveSmallIntegerField()
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="sends")
+    cart = models.ForeignKey(Cart, on_delete=models.SET_NULL, null=True, blank=True)
+    channel = models.CharField(max_length=8, choices=Channel.choices)
+    trigger_occurred_at = models.DateTimeField()
+    due_at = models.DateTimeField()
+    # One active send per (step, dedupe_key): the database refuses a second pending promise.
+    dedupe_key = models.CharField(max_length=300)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    reason = models.CharField(max_length=500, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    discount_code = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    discount_percent = models.PositiveSmallIntegerField(null=True, blank=True)
+    discount_expires_at = models.DateTimeField(null=True, blank=True)
+    recipient = models.CharField(max_length=254, blank=True)
+    subject = models.CharField(max_length=300, blank=True)
+    body = models.TextField(blank=True)
+    provider_message_id = models.CharField(max_length=200, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ScheduledSendManager()
+
+    class Meta:
+        ordering = ["-due_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["step_position", "journey", "dedupe_key"],
+                condition=Q(status__in=["pending", "sending"]),
+                name="send_one_active_per_dedupe_key",
+            ),
+        ]
+        indexes = [
+            # the timer: due pending rows, in due order
+            models.Index(fields=["due_at"], condition=Q(status="pending"), name="send_pending_due"),
+            # cancellation on an exit event: a customer's active sends
+            models.Index(
+                fields=["customer"],
+                condition=Q(status__in=["pending", "sending"]),
+                name="send_active_customer",
+            ),
+            # recovery of sends whose worker never finished
+            models.Index(
+                fields=["claimed_at"], condition=Q(status="sending"), name="send_in_flight"
+            ),
+            models.Index(fields=["journey", "status"], name="send_journey_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.journey.slug}#{self.step_position} to {self.customer} ({self.status})"

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from journeys import services
+from journeys.models import ScheduledSend
+from marketing.api.serializers import EventSerializer
+from marketing.models import Event
+from marketing.services import IngestResult, event_ingest
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def minutes_ago(minutes: float) -> datetime:
+    return timezone.now() - timedelta(minutes=minutes)
+
+
+def make_event(
+    event_id: str,
+    event_type: str,
+    *,
+    user: str = "u_1",
+    at: datetime,
+    cart: str | None = None,
+    payment: str | None = None,
+    **user_fields: Any,
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "id": event_id,
+        "type": event_type,
+        "occurred_at": iso(at),
+        "user": {
+            "id": user,
+            "email": f"{user}@example.com",
+            "phone": "+14155550101",
+            "first_name": "Ana",
+            "timezone": "Europe/Berlin",
+            **user_fields,
+        },
+    }
+    if cart:
+        payload["cart"] = {
+            "id": cart,
+            "total": "120.00",
+            "currency": "EUR",
+            "checkout_url": f"https://shop.example/checkout/{cart}",
+            "items": [],
+        }
+    if payment:
+        payload["payment"] = {
+            "id": payment,
+            "cart_id": cart,
+            "amount": "120.00",
+            "currency": "EUR",
+            "discount_code": None,
+        }
+    return payload
+
+
+def ingest(payload: dict[str, Any]) -> IngestResult:
+    """The webhook's path after signature verification: validate, then the service."""
+    serializer = EventSerializer(data=payload)
+    serializer.is_valid(raise_exception=True)
+    return event_ingest(source=Event.Source.WEBHOOK, data=serializer.validated_data, payload=payload)
+
+
+def dispatch_due() -> dict[int, str]:
+    """What the ticker and a worker do, in-process: claim what is due, dispatch each."""
+    claimed = services.scheduled_sends_claim_due(limit=10_000)
+    return {pk: services.scheduled_send_dispatch(send_id=pk) for pk in claimed}
+
+
+def sends(**filters: Any) -> list[ScheduledSend]:
+    return list(
+        ScheduledSend.objects.filter(**filters)
+        .select_related("journey", "cart", "customer")
+        .order_by("id")
+    )
+
+
+@pytest.fixture
+def demo_journeys(db: None) -> None:
+    services.demo_journeys_ensure()
