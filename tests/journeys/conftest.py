@@ -67,7 +67,9 @@ def ingest(payload: dict[str, Any]) -> IngestResult:
     """The webhook's path after signature verification: validate, then the service."""
     serializer = EventSerializer(data=payload)
     serializer.is_valid(raise_exception=True)
-    return event_ingest(source=Event.Source.WEBHOOK, data=serializer.validated_data, payload=payload)
+    return event_ingest(
+        source=Event.Source.WEBHOOK, data=serializer.validated_data, payload=payload
+    )
 
 
 def dispatch_due() -> dict[int, str]:

@@ -171,9 +171,7 @@ def test_event_arriving_after_max_lateness_is_recorded_as_skipped():
 
 
 def test_customer_who_opted_out_of_sms_gets_no_sms_but_the_email():
-    ingest(
-        make_event("evt_1", "user_registered", at=minutes_ago(31), consent={"sms": False})
-    )
+    ingest(make_event("evt_1", "user_registered", at=minutes_ago(31), consent={"sms": False}))
 
     dispatch_due()
 

@@ -1,0 +1,8 @@
+"""The test suite's settings: production settings, less HTTPS redirects and slow hashing."""
+
+from config.settings import *  # noqa: F403
+
+SECURE_SSL_REDIRECT = False
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

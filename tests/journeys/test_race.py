@@ -1,0 +1,131 @@
+"""A payment racing a due send, on real PostgreSQL with real commits."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg2
+import pytest
+from django.db import connection, connections
+
+from journeys import services
+from journeys.channels import OutgoingMessage, get_channel
+from journeys.models import ScheduledSend
+from marketing.models import Event
+from tests.journeys.conftest import ingest, make_event, minutes_ago
+from tests.journeys.test_engine import make_journey
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROUNDS = 200
+
+
+class WitnessChannel:
+    """Records, at the instant of the provider call, whether the payment was committed,
+    as seen from an independent connection."""
+
+    dsn: str = ""
+    calls: list[tuple[int, bool, float]] = []
+    payment_event_id = ""
+
+    def send(self, message: OutgoingMessage) -> str:
+        called_at = time.monotonic()
+        with psycopg2.connect(WitnessChannel.dsn) as witness, witness.cursor() as cursor:
+            cursor.execute(
+                "SELECT EXISTS (SELECT 1 FROM marketing_event WHERE event_id = %s)",
+                [WitnessChannel.payment_event_id],
+            )
+            committed = cursor.fetchone()[0]
+        witness.close()
+        WitnessChannel.calls.append((message.send_id, committed, called_at))
+        return "witness"
+
+
+def _dsn() -> str:
+    params = connection.get_connection_params()
+    return " ".join(
+        f"{key}={params[key]}" for key in ("host", "port", "user", "dbname") if params.get(key)
+    )
+
+
+@pytest.fixture
+def witness_channel(settings):
+    settings.NUDGE_CHANNELS = {
+        **settings.NUDGE_CHANNELS,
+        "email": "tests.journeys.test_race.WitnessChannel",
+    }
+    get_channel.cache_clear()
+    WitnessChannel.dsn = _dsn()
+    WitnessChannel.calls = []
+    yield WitnessChannel
+    get_channel.cache_clear()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks need PostgreSQL")
+def test_payment_racing_dispatch_never_leads_to_a_send_after_the_payment_committed(
+    witness_channel,
+):
+    make_journey()
+    outcomes = {"sent": 0, "cancelled": 0}
+    for round_ in range(ROUNDS):
+        user = f"racer_{round_}"
+        ingest(
+            make_event(
+                f"co_{round_}",
+                "checkout_started",
+                user=user,
+                at=minutes_ago(11),
+                cart=f"c_{round_}",
+            )
+        )
+        (send_id,) = services.scheduled_sends_claim_due(limit=10)
+        payment = make_event(
+            f"pay_{round_}", "payment_finished", user=user, at=minutes_ago(0.01),
+            cart=f"c_{round_}", payment=f"p_{round_}",
+        )  # fmt: skip
+        witness_channel.payment_event_id = payment["id"]
+        barrier = threading.Barrier(2)
+        committed_at: list[float] = []
+        errors: list[BaseException] = []
+
+        def pay() -> None:
+            try:
+                barrier.wait()
+                ingest(payment)
+                committed_at.append(time.monotonic())
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+            finally:
+                connections.close_all()
+
+        def dispatch() -> None:
+            try:
+                barrier.wait()
+                services.scheduled_send_dispatch(send_id=send_id)
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=pay), threading.Thread(target=dispatch)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not errors, errors
+
+        send = ScheduledSend.objects.get(pk=send_id)
+        assert send.status in {"sent", "cancelled"}, (round_, send.status, send.reason)
+        outcomes[send.status] += 1
+        calls = [c for c in witness_channel.calls if c[0] == send_id]
+        if send.status == "sent":
+            ((_, payment_was_committed, called_at),) = calls
+            assert not payment_was_committed, f"round {round_}: sent after the payment committed"
+            assert called_at < committed_at[0]
+        else:
+            assert calls == [], f"round {round_}: provider called for a cancelled send"
+            assert send.reason == f"cancelled by payment p_{round_}"
+        assert Event.objects.filter(event_id=payment["id"]).exists()
+
+    assert sum(outcomes.values()) == ROUNDS
+    print(f"race outcomes over {ROUNDS} rounds: {outcomes}")
