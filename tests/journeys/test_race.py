@@ -88,7 +88,7 @@ def test_payment_racing_dispatch_never_leads_to_a_send_after_the_payment_committ
         committed_at: list[float] = []
         errors: list[BaseException] = []
 
-        def pay() -> None:
+        def pay(barrier=barrier, payment=payment, committed_at=committed_at, errors=errors) -> None:
             try:
                 barrier.wait()
                 ingest(payment)
@@ -98,7 +98,7 @@ def test_payment_racing_dispatch_never_leads_to_a_send_after_the_payment_committ
             finally:
                 connections.close_all()
 
-        def dispatch() -> None:
+        def dispatch(barrier=barrier, send_id=send_id, errors=errors) -> None:
             try:
                 barrier.wait()
                 services.scheduled_send_dispatch(send_id=send_id)
