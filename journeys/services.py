@@ -126,7 +126,8 @@ def enrollment_start(*, journey: Journey, event: Event) -> EnrollmentOutcome:
                 return EnrollmentOutcome(None, "ignored: already pending (dedupe first)")
             if occurred < current.trigger_occurred_at:
                 return EnrollmentOutcome(None, "ignored: a later trigger is already pending")
-            ScheduledSend.objects.filter(pk__in=[s.pk for s in active]).update(
+            # .active() again: a worker may have sent one while we waited for its row lock
+            ScheduledSend.objects.active().filter(pk__in=[s.pk for s in active]).update(
                 status=Status.CANCELLED,
                 reason=f"superseded by {describe_event(event)}",
                 updated_at=Now(),

@@ -55,8 +55,9 @@ def _database_url() -> str:
     return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
 
 
-@pytest.fixture
-def workers() -> Iterator[None]:
+@pytest.fixture(params=["orm", "redis"])
+def workers(request) -> Iterator[None]:
+    """The ticker and a messaging cluster, on django-q2's ORM broker or its Redis broker."""
     if connection.vendor != "postgresql":
         pytest.skip("the processes share the test database through PostgreSQL")
     env = {
@@ -66,6 +67,10 @@ def workers() -> Iterator[None]:
         "Q_MESSAGING_WORKERS": "2",
     }
     env.pop("REDIS_URL", None)
+    if request.param == "redis":
+        if not os.environ.get("NUDGE_TEST_REDIS_URL"):
+            pytest.skip("no Redis: run through make test")
+        env["REDIS_URL"] = os.environ["NUDGE_TEST_REDIS_URL"]
     processes = [
         subprocess.Popen([sys.executable, "manage.py", command], cwd=ROOT, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
