@@ -209,6 +209,14 @@ BAD_BODIES = {
     ),
     "non-UTF-8 body": (b'{"id": "evt_\xff\xfe"}', "detail"),
     "lone surrogate": (invalid(event()).replace(b'"Ana"', b'"\\ud800"'), None),
+    "lone surrogate in an extra field": (
+        invalid(event()).replace(b'"id": "evt_01"', b'"id": "evt_01", "note": "\\udfff"'),
+        "non_field_errors",
+    ),
+    "NaN literal": (invalid(event()).replace(b'"Ana"', b"NaN"), "detail"),
+    "Infinity literal": (invalid(event()).replace(b'"Ana"', b"-Infinity"), "detail"),
+    "number beyond a double": (invalid(event()).replace(b'"Ana"', b"1e400"), "detail"),
+    "integer of 5,000 digits": (invalid(event()).replace(b'"Ana"', b"9" * 5000), "detail"),
     "id too long": (invalid(event("e" * 256)), "id"),
     "items not a list": (with_cart(items="many"), "cart"),
 }
