@@ -1,0 +1,95 @@
+"""Concurrent deliveries on real PostgreSQL commits: one event and one effect each."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from marketing.models import Cart, Customer, Event, Payment
+from marketing.signals import event_recorded
+from tests.webhook_client import event, post_signed
+
+THREADS = 16
+
+
+def events_to_deliver() -> list[dict]:
+    """Twelve events for four customers, each with a cart or a payment."""
+    events = []
+    for n in range(12):
+        user = f"u_{n % 4}"
+        if n % 3 == 1:
+            extra = {"cart": {"id": f"c_{n}", "total": "10.00", "currency": "EUR"}}
+            kind = "checkout_started"
+        elif n % 3 == 2:
+            extra = {"payment": {"id": f"p_{n}", "amount": "10.00", "currency": "EUR"}}
+            kind = "payment_finished"
+        else:
+            extra, kind = {}, "user_registered"
+        events.append(event(f"evt_{n}", kind, user_id=user, **extra))
+    return events
+
+
+@pytest.fixture
+def recorded() -> Counter:
+    """Counts event_recorded per event id, across threads."""
+    counts: Counter = Counter()
+    lock = threading.Lock()
+
+    def count(sender, event, **kwargs):
+        with lock:
+            counts[event.event_id] += 1
+
+    event_recorded.connect(count, dispatch_uid="test-count-recorded", weak=False)
+    yield counts
+    event_recorded.disconnect(dispatch_uid="test-count-recorded")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("mode", ["single", "batch of one", "one batch per thread"])
+def test_sixteen_threads_delivering_events_one_to_five_times_store_each_once(recorded, mode):
+    chooser = random.Random(20261128)
+    events = events_to_deliver()
+    deliveries = [e for e in events for _ in range(chooser.randint(1, 5))]
+    chooser.shuffle(deliveries)
+    start = threading.Barrier(THREADS)
+
+    def deliver(worker: int) -> list[tuple[str, int]]:
+        mine = deliveries[worker::THREADS]
+        client = Client()
+        answers = []
+        start.wait()
+        try:
+            if mode == "one batch per thread":
+                response = post_signed(client, "/api/events/batch/", {"events": mine})
+                statuses = [item["status"] for item in response.json()["results"]]
+                answers.extend(zip([p["id"] for p in mine], statuses, strict=True))
+            for payload in mine if mode != "one batch per thread" else []:
+                if mode == "batch of one":
+                    response = post_signed(client, "/api/events/batch/", {"events": [payload]})
+                    status = response.json()["results"][0]["status"]
+                else:
+                    response = post_signed(client, "/api/events/", payload)
+                    status = response.status_code
+                answers.append((payload["id"], status))
+        finally:
+            connection.close()
+        return answers
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        answers = [a for batch in pool.map(deliver, range(THREADS)) for a in batch]
+
+    assert len(answers) == len(deliveries)
+    by_event = Counter(event_id for event_id, status in answers if status == 202)
+    assert by_event == Counter({e["id"]: 1 for e in events}), "exactly one 202 per event"
+    assert {status for _, status in answers} <= {200, 202}
+    assert Event.objects.count() == len(events)
+    assert recorded == Counter({e["id"]: 1 for e in events}), "one effect per event"
+    assert Customer.objects.count() == 4
+    assert Cart.objects.count() == 4
+    assert Payment.objects.count() == 4
