@@ -30,9 +30,9 @@ def closed_port() -> int:
 
 def get(url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None):
     """(status, body bytes, headers) of one request, whatever the status."""
-    request = urllib.request.Request(url, data=data, headers=headers or {})  # noqa: S310
+    request = urllib.request.Request(url, data=data, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read(), response.headers
     except urllib.error.HTTPError as error:
         return error.code, error.read(), error.headers

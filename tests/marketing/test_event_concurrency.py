@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -21,6 +23,7 @@ THREADS = 16
 def events_to_deliver() -> list[dict]:
     """Twelve events for four customers, each with a cart or a payment."""
     events = []
+    extra: dict[str, Any]
     for n in range(12):
         user = f"u_{n % 4}"
         if n % 3 == 1:
@@ -36,7 +39,7 @@ def events_to_deliver() -> list[dict]:
 
 
 @pytest.fixture
-def recorded() -> Counter:
+def recorded() -> Iterator[Counter]:
     """Counts event_recorded per event id, across threads."""
     counts: Counter = Counter()
     lock = threading.Lock()
@@ -62,7 +65,7 @@ def test_sixteen_threads_delivering_events_one_to_five_times_store_each_once(rec
     def deliver(worker: int) -> list[tuple[str, int]]:
         mine = deliveries[worker::THREADS]
         client = Client()
-        answers = []
+        answers: list[tuple[str, int]] = []
         start.wait()
         try:
             if mode == "one batch per thread":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -64,6 +65,7 @@ def test_customer_saved_through_services_records_user_registered_like_the_webhoo
         "email": "u_host@example.com",
     }
     assert EventSerializer(data=host.payload).is_valid(), EventSerializer(data=host.payload).errors
+    assert host.customer is not None
     assert host.customer.external_id == "u_host"
     assert [e.event_id for e in recorded] == [host.event_id, "evt_01"]
 
@@ -71,8 +73,8 @@ def test_customer_saved_through_services_records_user_registered_like_the_webhoo
 def test_cart_saved_through_services_records_checkout_started_like_the_webhook(
     client, django_capture_on_commit_callbacks
 ):
-    customer = CustomerFactory(external_id="u_host")
-    cart = {
+    customer = CustomerFactory.create(external_id="u_host")
+    cart: dict[str, Any] = {
         "id": "c_host",
         "total": "120.00",
         "currency": "EUR",
@@ -102,7 +104,7 @@ def test_cart_saved_through_services_records_checkout_started_like_the_webhook(
 def test_payment_saved_through_services_records_payment_finished_with_its_cart(
     django_capture_on_commit_callbacks,
 ):
-    customer = CustomerFactory(external_id="u_host")
+    customer = CustomerFactory.create(external_id="u_host")
     with django_capture_on_commit_callbacks(execute=True):
         services.cart_upsert(
             customer=customer, external_id="c_host", total=Decimal("5.00"), currency="EUR"
@@ -146,7 +148,7 @@ def test_updating_a_known_customer_records_no_new_event(django_capture_on_commit
 
 
 def test_host_event_is_recorded_once_however_often_it_is_asked_for(recorded):
-    customer = CustomerFactory()
+    customer = CustomerFactory.create()
 
     first = services.event_record_host(event_type="user_registered", customer_id=customer.pk)
     second = services.event_record_host(event_type="user_registered", customer_id=customer.pk)
@@ -156,9 +158,7 @@ def test_host_event_is_recorded_once_however_often_it_is_asked_for(recorded):
     assert len(recorded) == 1
 
 
-def test_ingested_events_do_not_also_record_host_events(
-    client, django_capture_on_commit_callbacks
-):
+def test_ingested_events_do_not_also_record_host_events(client, django_capture_on_commit_callbacks):
     payload = event(
         "evt_pay",
         "payment_finished",
