@@ -65,7 +65,7 @@ def test_marketer_group_sync_removes_permissions_granted_by_hand():
 
 @pytest.mark.parametrize("model", ["customer", "cart", "payment", "event"])
 def test_marketer_sees_each_marketing_list(marketer_client, model):
-    PaymentFactory(cart=CartFactory())
+    PaymentFactory.create(cart=CartFactory.create())
 
     response = marketer_client.get(f"/admin/marketing/{model}/")
 
@@ -73,8 +73,8 @@ def test_marketer_sees_each_marketing_list(marketer_client, model):
 
 
 def test_customer_list_searches_by_email_and_filters_by_consent(marketer_client):
-    CustomerFactory(external_id="u_ana", email="ana@example.com", consent_sms=False)
-    CustomerFactory(external_id="u_ben", email="ben@example.com", consent_sms=True)
+    CustomerFactory.create(external_id="u_ana", email="ana@example.com", consent_sms=False)
+    CustomerFactory.create(external_id="u_ben", email="ben@example.com", consent_sms=True)
 
     found = marketer_client.get("/admin/marketing/customer/", {"q": "ana@example"})
     opted_out = marketer_client.get("/admin/marketing/customer/", {"consent_sms__exact": "0"})
@@ -98,7 +98,7 @@ def test_event_list_filters_by_type_and_searches_by_customer(
 
 
 def test_events_are_read_only_in_the_admin_even_for_a_superuser(admin_client):
-    customer = CustomerFactory()
+    customer = CustomerFactory.create()
     event = Event.objects.create(
         source="webhook",
         event_id="evt_1",
@@ -122,7 +122,7 @@ def test_events_are_read_only_in_the_admin_even_for_a_superuser(admin_client):
 
 
 def test_marketer_can_correct_consent_but_not_add_or_delete_customers(marketer_client):
-    customer = CustomerFactory(external_id="u_ana", consent_sms=True)
+    customer = CustomerFactory.create(external_id="u_ana", consent_sms=True)
     form = {
         "email": customer.email,
         "phone": customer.phone,
@@ -144,7 +144,7 @@ def test_marketer_can_correct_consent_but_not_add_or_delete_customers(marketer_c
 
 
 def test_marketer_cannot_change_payments(marketer_client):
-    payment = PaymentFactory()
+    payment = PaymentFactory.create()
 
     response = marketer_client.post(
         f"/admin/marketing/payment/{payment.pk}/change/", {"amount": "0.01"}
@@ -182,7 +182,7 @@ def test_customer_added_in_the_admin_records_the_webhooks_event(
 def test_cart_added_in_the_admin_records_checkout_started(
     admin_client, django_capture_on_commit_callbacks
 ):
-    customer = CustomerFactory()
+    customer = CustomerFactory.create()
     with django_capture_on_commit_callbacks(execute=True):
         response = admin_client.post(
             "/admin/marketing/cart/add/",
