@@ -1,6 +1,20 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _plain_http_for_live_servers() -> Iterator[None]:
+    """The live server builds its middleware once per session, before the per-test override
+    below applies: switch the HTTPS redirect off for the session too."""
+    from django.conf import settings
+
+    redirect = settings.SECURE_SSL_REDIRECT
+    settings.SECURE_SSL_REDIRECT = False
+    yield
+    settings.SECURE_SSL_REDIRECT = redirect
 
 
 @pytest.fixture(autouse=True)
