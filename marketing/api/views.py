@@ -81,10 +81,27 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# Deep enough for any real event (a batch adds two levels); far from Python's recursion limit,
+# which hashing and storing the payload would otherwise hit (a 500) at a few hundred levels.
+MAX_JSON_DEPTH = 64
+
+
 def _strict_json_loads(body: bytes) -> Any:
     """RFC 8259 JSON only: NaN, Infinity and numbers beyond a double cannot be stored (jsonb
-    refuses them), and integers over Python's 4,300 digits raise ValueError; all are 400s."""
-    return json.loads(body, parse_float=_refuse_non_finite, parse_constant=_refuse_constant)
+    refuses them), integers over Python's 4,300 digits raise ValueError, and nesting is
+    limited to MAX_JSON_DEPTH; all are 400s."""
+    document = json.loads(body, parse_float=_refuse_non_finite, parse_constant=_refuse_constant)
+    containers = [document] if isinstance(document, dict | list) else []
+    for _ in range(MAX_JSON_DEPTH):  # level by level, not recursively
+        containers = [
+            child
+            for container in containers
+            for child in (container.values() if isinstance(container, dict) else container)
+            if isinstance(child, dict | list)
+        ]
+        if not containers:
+            return document
+    raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 def _ingest_one(payload: Any) -> tuple[int, dict[str, Any]]:

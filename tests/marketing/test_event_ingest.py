@@ -120,6 +120,12 @@ def test_unknown_event_type_is_stored_and_accepted(client):
     assert Event.objects.get().type == "wishlist.item_added"
 
 
+def test_json_nested_64_levels_deep_is_accepted(client):
+    response = post_signed(client, "/api/events/", event(extra=nested(63)))
+
+    assert response.status_code == 202, response.content
+
+
 def test_body_over_256_kib_is_refused_with_413_and_nothing_written(client):
     big = event(padding="x" * (256 * 1024))
     response = post_signed(client, "/api/events/", big)
@@ -135,6 +141,14 @@ def test_body_of_exactly_256_kib_is_accepted(client):
     response = post_signed(client, "/api/events/", body)
 
     assert response.status_code == 202, response.content[:300]
+
+
+def nested(depth):
+    """A list nested `depth` levels deep: [[[...]]]."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
 
 
 def invalid(payload):
@@ -205,6 +219,11 @@ BAD_BODIES = {
     ),
     "deeply nested JSON": (
         b'{"id": "evt_01", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "detail",
+    ),
+    "JSON nested 65 levels deep": (invalid(event(extra=nested(64))), "detail"),
+    "JSON nested 700 levels deep (under the parser's limit)": (
+        invalid(event()).replace(b'"Ana"', b"[" * 700 + b"]" * 700),
         "detail",
     ),
     "non-UTF-8 body": (b'{"id": "evt_\xff\xfe"}', "detail"),
