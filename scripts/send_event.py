@@ -54,7 +54,8 @@ def build_event(args: argparse.Namespace) -> dict:
     event: dict = {
         "id": args.id or f"evt_{uuid.uuid4().hex}",
         "type": args.type,
-        "occurred_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "occurred_at": args.occurred_at
+        or datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "user": {"id": args.user, "email": args.email or f"{args.user}@example.com"},
     }
     if args.phone:
@@ -88,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payment", help="payment id (payment_finished needs one)")
     parser.add_argument("--total", default="120.00", help="cart total and payment amount")
     parser.add_argument("--currency", default="EUR")
-    parser.add_argument("--id", help="event id; repeat one to see the idempotent 200")
+    parser.add_argument("--id", help="event id (default: a new one)")
+    parser.add_argument(
+        "--occurred-at", help="ISO 8601 with offset (default: now); a repeat needs the same"
+    )
     parser.add_argument("--url", default=os.environ.get("NUDGE_URL") or DEFAULT_URL)
     args = parser.parse_args(argv)
 

@@ -136,3 +136,13 @@ def test_a_valid_event_cut_or_spliced_with_bytes_never_causes_a_server_error(cli
     valid = json.dumps(full_event()).encode()
     response = post_signed(client, "/api/events/", valid[:cut] + body + valid[cut:])
     assert_answered(response)
+
+
+@FUZZ
+@given(depth=st.integers(min_value=1, max_value=1500), kind=st.sampled_from(["[]", "{}"]))
+def test_json_nested_to_any_depth_never_causes_a_server_error(client, depth, kind):
+    opening, closing = (b"[", b"]") if kind == "[]" else (b'{"a":', b"}")
+    inner = b"1" if kind == "{}" else b""
+    deep = opening * depth + inner + closing * depth
+    body = json.dumps(full_event()).encode()[:-1] + b', "deep": ' + deep + b"}"
+    assert_answered(post_signed(client, "/api/events/", body))

@@ -46,8 +46,9 @@ def test_send_event_posts_a_signed_event_that_is_accepted(live_server):
 
 
 def test_send_event_repeated_is_answered_200(live_server):
-    send_event(live_server, "--id", "evt_again")
-    again = send_event(live_server, "--id", "evt_again")
+    same = ["--id", "evt_again", "--occurred-at", "2026-11-28T12:00:00Z"]
+    send_event(live_server, *same)
+    again = send_event(live_server, *same)
 
     assert again.returncode == 0
     assert again.stdout.startswith("200 ")
