@@ -96,3 +96,30 @@ def test_sixteen_threads_delivering_events_one_to_five_times_store_each_once(rec
     assert Customer.objects.count() == 4
     assert Cart.objects.count() == 4
     assert Payment.objects.count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sixteen_threads_racing_one_id_with_different_bodies_keep_exactly_one(recorded):
+    """One delivery wins (202); the same body again is 200, any other body 409 and undone."""
+    start = threading.Barrier(THREADS)
+
+    def deliver(worker: int) -> tuple[int, str]:
+        payload = event("evt_race", user_id="u_race")
+        payload["user"]["first_name"] = f"Name {worker % 4}"
+        client = Client()
+        start.wait()
+        try:
+            return post_signed(client, "/api/events/", payload).status_code, f"Name {worker % 4}"
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        answers = list(pool.map(deliver, range(THREADS)))
+
+    winners = [name for status, name in answers if status == 202]
+    assert len(winners) == 1
+    losers = sorted({(status, name == winners[0]) for status, name in answers if status != 202})
+    assert set(losers) <= {(200, True), (409, False)}, losers
+    assert Event.objects.get().payload["user"]["first_name"] == winners[0]
+    assert Customer.objects.get().first_name == winners[0]
+    assert recorded == Counter({"evt_race": 1})

@@ -94,6 +94,16 @@ def test_repeat_reserialised_with_other_whitespace_and_key_order_is_the_same_eve
     assert Cart.objects.count() == 1
 
 
+def test_repeat_of_an_event_with_a_utc_offset_answers_exactly_the_first_answer(client):
+    payload = event(occurred_at="2026-11-28T13:00:00.123456+01:00")
+    first = post_signed(client, "/api/events/", payload)
+    second = post_signed(client, "/api/events/", payload)
+
+    assert (first.status_code, second.status_code) == (202, 200)
+    assert second.json() == first.json()
+    assert first.json()["occurred_at"] == "2026-11-28T12:00:00.123456Z"
+
+
 def test_repeat_with_a_new_delivery_id_is_still_the_same_event(client):
     post_signed(client, "/api/events/", event(), msg_id="msg_first")
     second = post_signed(client, "/api/events/", event(), msg_id="msg_second")
