@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from io import StringIO
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def browser_page():
 @pytest.fixture
 def demo_site(live_server, monkeypatch):
     monkeypatch.setenv("NUDGE_DEMO_PASSWORD", PASSWORD)
-    call_command("nudge_demo", stdout=open(os.devnull, "w"))  # noqa: SIM115
+    call_command("nudge_demo", stdout=StringIO())
     return live_server.url
 
 
