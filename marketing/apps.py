@@ -7,6 +7,6 @@ class MarketingConfig(AppConfig):
     verbose_name = "Marketing data"
 
     def ready(self) -> None:
-        from marketing import receivers
+        from marketing import checks, receivers  # noqa: F401 (checks registers on import)
 
         receivers.connect()

@@ -7,7 +7,7 @@ from functools import partial
 from typing import Any
 
 from django.db import transaction
-from django.db.models.signals import post_save
+from django.db.models.signals import post_migrate, post_save
 
 from marketing import services
 from marketing.models import Cart, Customer, Payment
@@ -28,8 +28,14 @@ def record_host_event(
     )
 
 
+def sync_marketer_group(sender: Any, **kwargs: Any) -> None:
+    """After each app migrates (its permissions now exist), rebuild the Marketer group."""
+    services.marketer_group_sync()
+
+
 def connect() -> None:
     for model in (Customer, Cart, Payment):
         post_save.connect(
             record_host_event, sender=model, dispatch_uid=f"nudge-host-event-{model.__name__}"
         )
+    post_migrate.connect(sync_marketer_group, dispatch_uid="nudge-marketer-group")

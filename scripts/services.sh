@@ -5,7 +5,7 @@
 #                                    NUDGE_TEST_REDIS_URL set, stop both, exit with its code.
 #
 # Each run gets its own data directory and free ports on 127.0.0.1, never the system
-# cluster; missing Debian packages (postgresql, redis-server) are installed first.
+# cluster; missing Debian packages (postgresql, redis-server, chromium) are installed first.
 set -euo pipefail
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -23,6 +23,8 @@ pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1;
 
 [ -n "$(pg_bindir)" ] && [ -x "$(pg_bindir)/initdb" ] || apt_install postgresql
 command -v redis-server >/dev/null || apt_install redis-server
+# The admin browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+[ -x /usr/bin/chromium ] || apt_install chromium
 PGBIN=$(pg_bindir)
 
 free_port() {

@@ -7,7 +7,7 @@ import factory
 from marketing.models import Cart, Customer, Payment
 
 
-class CustomerFactory(factory.django.DjangoModelFactory):
+class CustomerFactory(factory.django.DjangoModelFactory[Customer]):
     class Meta:
         model = Customer
 
@@ -18,7 +18,7 @@ class CustomerFactory(factory.django.DjangoModelFactory):
     timezone = "Europe/Berlin"
 
 
-class CartFactory(factory.django.DjangoModelFactory):
+class CartFactory(factory.django.DjangoModelFactory[Cart]):
     class Meta:
         model = Cart
 
@@ -29,7 +29,7 @@ class CartFactory(factory.django.DjangoModelFactory):
     checkout_url = factory.LazyAttribute(lambda o: f"https://shop.example/checkout/{o.external_id}")
 
 
-class PaymentFactory(factory.django.DjangoModelFactory):
+class PaymentFactory(factory.django.DjangoModelFactory[Payment]):
     class Meta:
         model = Payment
 

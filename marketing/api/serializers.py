@@ -18,11 +18,17 @@ EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
 MAX_CLOCK_SKEW = timedelta(minutes=10)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _no_nul(value: Any) -> None:
-    """PostgreSQL text and jsonb cannot hold U+0000: refuse it with a field error, not a 500."""
+    """PostgreSQL text and jsonb cannot hold U+0000, and UTF-8 cannot hold a lone surrogate
+    (JSON's "\\ud800"): refuse them anywhere in the event with a field error, not a 500."""
     if isinstance(value, str):
         if "\x00" in value:
             raise serializers.ValidationError("must not contain the NUL character (\\u0000)")
+        if _SURROGATE.search(value):
+            raise serializers.ValidationError("must not contain lone surrogates (\\ud800-\\udfff)")
     elif isinstance(value, dict):
         for key, item in value.items():
             _no_nul(key)
@@ -126,5 +132,8 @@ class EventBatchSerializer(serializers.Serializer):
     """The batch envelope; each event is validated on its own and answered per item."""
 
     events = serializers.ListField(
-        child=serializers.JSONField(), allow_empty=False, max_length=1000
+        # null items are refused one by one, like any other malformed item
+        child=serializers.JSONField(allow_null=True),
+        allow_empty=False,
+        max_length=1000,
     )

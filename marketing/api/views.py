@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from django.conf import settings
@@ -55,8 +56,8 @@ class SignedEventView(APIView):
                 {"detail": f"Invalid signature: {exc}."}, status=status.HTTP_401_UNAUTHORIZED
             )
         try:
-            return json.loads(body), None
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            return _strict_json_loads(body), None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError too
             return None, Response(
                 {"detail": f"Body is not valid UTF-8 JSON: {exc}"},
                 status=status.HTTP_400_BAD_REQUEST,
@@ -67,6 +68,40 @@ class SignedEventView(APIView):
             {"detail": f"Body larger than {self.max_bytes} bytes."},
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
+
+
+def _refuse_non_finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:20]!r} is out of range")
+    return number
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Deep enough for any real event (a batch adds two levels); far from Python's recursion limit,
+# which hashing and storing the payload would otherwise hit (a 500) at a few hundred levels.
+MAX_JSON_DEPTH = 64
+
+
+def _strict_json_loads(body: bytes) -> Any:
+    """RFC 8259 JSON only: NaN, Infinity and numbers beyond a double cannot be stored (jsonb
+    refuses them), integers over Python's 4,300 digits raise ValueError, and nesting is
+    limited to MAX_JSON_DEPTH; all are 400s."""
+    document = json.loads(body, parse_float=_refuse_non_finite, parse_constant=_refuse_constant)
+    containers = [document] if isinstance(document, dict | list) else []
+    for _ in range(MAX_JSON_DEPTH):  # level by level, not recursively
+        containers = [
+            child
+            for container in containers
+            for child in (container.values() if isinstance(container, dict) else container)
+            if isinstance(child, dict | list)
+        ]
+        if not containers:
+            return document
+    raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 def _ingest_one(payload: Any) -> tuple[int, dict[str, Any]]:
@@ -131,7 +166,8 @@ class EventBatchIngestView(SignedEventView):
         with transaction.atomic():
             for index in order:
                 code, body = _ingest_one(events[index])
-                results[index] = {"index": index, "status": code, **body}
+                # the answer /api/events/ would give for this event, status and body
+                results[index] = {"index": index, "status": code, "body": body}
         counts = {"accepted": 0, "duplicate": 0, "conflict": 0, "invalid": 0}
         names = {202: "accepted", 200: "duplicate", 409: "conflict", 400: "invalid"}
         for item in results:

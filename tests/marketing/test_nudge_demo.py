@@ -1,0 +1,94 @@
+"""`manage.py nudge_demo`: demo data and a marketer login, the same however often it runs."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+
+from marketing.models import Cart, Customer, Event, Payment
+
+pytestmark = pytest.mark.django_db
+
+
+def run_demo(django_capture_on_commit_callbacks, **options) -> str:
+    out = StringIO()
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("nudge_demo", stdout=out, **options)
+    return out.getvalue()
+
+
+def snapshot():
+    return (
+        sorted(Customer.objects.values_list("external_id", flat=True)),
+        Cart.objects.count(),
+        Payment.objects.count(),
+        sorted(Event.objects.values_list("event_id", flat=True)),
+    )
+
+
+def test_demo_loads_customers_carts_payments_their_events_and_a_marketer_login(
+    django_capture_on_commit_callbacks, monkeypatch
+):
+    monkeypatch.setenv("NUDGE_DEMO_PASSWORD", "first-demo-password")
+
+    out = run_demo(django_capture_on_commit_callbacks)
+
+    customers, carts, payments, _events = snapshot()
+    assert customers == ["demo_u_ana", "demo_u_ben", "demo_u_chloe"]
+    assert (carts, payments) == (2, 1)
+    assert sorted(Event.objects.values_list("type", flat=True)) == [
+        "checkout_started",
+        "checkout_started",
+        "payment_finished",
+        "user_registered",
+        "user_registered",
+        "user_registered",
+    ]
+    marketer = User.objects.get(username="marketer")
+    assert marketer.is_staff
+    assert not marketer.is_superuser
+    assert list(marketer.groups.values_list("name", flat=True)) == ["Marketer"]
+    assert marketer.check_password("first-demo-password")
+    assert "marketer / first-demo-password" in out
+    assert "http://127.0.0.1:8000/admin/" in out
+
+
+def test_demo_is_idempotent_on_rerun(django_capture_on_commit_callbacks, monkeypatch):
+    monkeypatch.setenv("NUDGE_DEMO_PASSWORD", "first-demo-password")
+    run_demo(django_capture_on_commit_callbacks)
+    first = snapshot()
+
+    run_demo(django_capture_on_commit_callbacks)
+
+    assert snapshot() == first
+    assert User.objects.filter(username="marketer").count() == 1
+
+
+def test_demo_rerun_takes_a_changed_password_and_port(
+    django_capture_on_commit_callbacks, monkeypatch
+):
+    monkeypatch.setenv("NUDGE_DEMO_PASSWORD", "first-demo-password")
+    run_demo(django_capture_on_commit_callbacks)
+    monkeypatch.setenv("NUDGE_DEMO_PASSWORD", "second-demo-password")
+    monkeypatch.setenv("PORT", "8123")
+
+    out = run_demo(django_capture_on_commit_callbacks)
+
+    assert User.objects.get(username="marketer").check_password("second-demo-password")
+    assert "http://127.0.0.1:8123/admin/" in out
+
+
+def test_demo_without_a_password_keeps_the_existing_one(
+    django_capture_on_commit_callbacks, monkeypatch
+):
+    monkeypatch.setenv("NUDGE_DEMO_PASSWORD", "first-demo-password")
+    run_demo(django_capture_on_commit_callbacks)
+    monkeypatch.delenv("NUDGE_DEMO_PASSWORD")
+
+    out = run_demo(django_capture_on_commit_callbacks)
+
+    assert User.objects.get(username="marketer").check_password("first-demo-password")
+    assert "unchanged" in out
