@@ -381,9 +381,10 @@ MARKETER_PERMISSIONS: dict[str, list[str]] = {
     "journeys": [
         *(
             f"{action}_{model}"
-            for model in ("journey", "step")
+            for model in ("journey", "journeystep")
             for action in ("add", "change", "delete", "view")
         ),
+        "view_enrollment",
         "view_scheduledsend",
         "change_scheduledsend",
     ],

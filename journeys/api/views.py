@@ -42,6 +42,8 @@ class ScheduledSendListView(GenericAPIView):
     serializer_class = ScheduledSendSerializer
 
     @extend_schema(
+        operation_id="sends_list",
+        responses=ScheduledSendSerializer(many=True),
         parameters=[
             OpenApiParameter("customer", str, description="Customer external id."),
             OpenApiParameter("journey", str, description="Journey slug."),

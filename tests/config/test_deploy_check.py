@@ -16,7 +16,7 @@ def run_check(**environment: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=PROJECT,
-        env={**env, **environment},
+        env={**env, "DJANGO_SETTINGS_MODULE": "config.settings", **environment},
         capture_output=True,
         text=True,
         check=False,

@@ -1,8 +1,9 @@
 """`manage.py nudge_demo`: demo data and a marketer login for a first run (`make run`).
 
-Each installed app may ship a `demo` module with `load_demo(*, stdout)`; they run in
-INSTALLED_APPS order (marketing's customers before the journeys that use them), so journeys
-adds its demo journeys in `journeys/demo.py` without marketing importing journeys.
+Each installed app may ship a `demo` module with `load_demo(*, stdout)`; they run in reverse
+INSTALLED_APPS order, so the rules of later apps (journeys) are in place before the data of
+earlier ones (marketing's customers) arrives, and the demo customers flow through the demo
+journeys like real ones. Marketing never imports journeys.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, username: str, password: str | None, **options: Any) -> None:
-        for app_config in apps.get_app_configs():
+        for app_config in reversed(list(apps.get_app_configs())):
             if app_config.module is not None and module_has_submodule(app_config.module, "demo"):
                 import_module(f"{app_config.name}.demo").load_demo(stdout=self.stdout)
 
