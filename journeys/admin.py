@@ -122,18 +122,7 @@ class JourneyAdmin(admin.ModelAdmin):
 
 @admin.register(ScheduledSend)
 class ScheduledSendAdmin(admin.ModelAdmin):
-    list_display = [
-        "id",
-        "journey",
-        "step_position",
-        "customer",
-        "channel",
-        "status",
-        "reason",
-        "due_at",
-        "sent_at",
-        "discount_code",
-    ]
+    list_display = ["id", "journey", "customer", "channel", "status", "reason", "due_at", "sent_at"]
     list_filter = ["status", "journey", "channel"]
     search_fields = ["customer__external_id", "customer__email", "customer__phone", "discount_code"]
     list_select_related = ["journey", "customer"]

@@ -3,56 +3,12 @@
 from __future__ import annotations
 
 import os
-from io import StringIO
-from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+
+from tests.browser import log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-PASSWORD = "browser-demo-Passw0rd"
-
-
-@pytest.fixture
-def browser_page():
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is missing: scripts/services.sh installs it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(15_000)
-            yield page
-        finally:
-            browser.close()
-
-
-@pytest.fixture
-def demo_site(live_server, monkeypatch):
-    monkeypatch.setenv("NUDGE_DEMO_PASSWORD", PASSWORD)
-    call_command("nudge_demo", stdout=StringIO())
-    return live_server.url
-
-
-def log_in(page, base: str) -> None:
-    page.goto(f"{base}/admin/login/")
-    page.fill("#id_username", "marketer")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_selector("#site-name")
 
 
 def test_marketer_logs_in_and_sees_customers_and_events(demo_site, browser_page, tmp_path):
