@@ -6,6 +6,7 @@ import factory
 from django.core.files.base import ContentFile
 
 from marketing.models import Cart, Customer, Payment
+from media_tasks.models import UploadedImage
 from media_tasks.samples import photo_jpeg
 
 
@@ -41,11 +42,11 @@ class PaymentFactory(factory.django.DjangoModelFactory):
     currency = "EUR"
 
 
-class UploadedImageFactory(factory.django.DjangoModelFactory):
+class UploadedImageFactory(factory.django.DjangoModelFactory[UploadedImage]):
     """A stored, valid original (a small generated photo), pending compression."""
 
     class Meta:
-        model = "media_tasks.UploadedImage"
+        model = UploadedImage
 
     class Params:
         width = 640

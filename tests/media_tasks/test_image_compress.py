@@ -23,7 +23,7 @@ def variant_files(media_root) -> list[str]:
 
 
 def test_compression_stores_variants_and_marks_done(media_root):
-    image = UploadedImageFactory(width=2000, height=1500)
+    image = UploadedImageFactory.create(width=2000, height=1500)
 
     assert tasks.compress_image(image.pk) == "done"
 
@@ -43,7 +43,7 @@ def test_compression_stores_variants_and_marks_done(media_root):
 def test_compressing_again_replaces_variants_without_duplicates(
     media_root, django_capture_on_commit_callbacks
 ):
-    image = UploadedImageFactory()
+    image = UploadedImageFactory.create()
     services.image_compress(image_id=image.pk)
     first_ids = set(ImageVariant.objects.values_list("pk", flat=True))
     first_files = variant_files(media_root)
@@ -61,7 +61,7 @@ def test_compressing_again_replaces_variants_without_duplicates(
 
 
 def test_a_repeated_task_for_a_done_image_does_nothing(media_root):
-    image = UploadedImageFactory()
+    image = UploadedImageFactory.create()
     services.image_compress(image_id=image.pk)
     files = variant_files(media_root)
 
@@ -72,7 +72,7 @@ def test_a_repeated_task_for_a_done_image_does_nothing(media_root):
 
 
 def test_only_one_claim_wins():
-    image = UploadedImageFactory()
+    image = UploadedImageFactory.create()
 
     first = services.image_claim(image_id=image.pk)
     second = services.image_claim(image_id=image.pk)
@@ -83,7 +83,7 @@ def test_only_one_claim_wins():
 
 
 def test_image_being_processed_is_skipped_by_another_worker(media_root):
-    image = UploadedImageFactory()
+    image = UploadedImageFactory.create()
     services.image_claim(image_id=image.pk)
 
     assert services.image_compress(image_id=image.pk).status == "skipped"
@@ -92,7 +92,7 @@ def test_image_being_processed_is_skipped_by_another_worker(media_root):
 
 
 def test_stuck_processing_image_is_claimed_again_after_the_stale_period(media_root, settings):
-    image = UploadedImageFactory()
+    image = UploadedImageFactory.create()
     services.image_claim(image_id=image.pk)
     UploadedImage.objects.filter(pk=image.pk).update(
         claimed_at=timezone.now() - timedelta(seconds=settings.NUDGE_MEDIA_STALE_AFTER_SECONDS + 5)
@@ -103,7 +103,11 @@ def test_stuck_processing_image_is_claimed_again_after_the_stale_period(media_ro
 
 
 def test_requeue_stuck_finds_only_abandoned_rows(django_capture_on_commit_callbacks, settings):
-    stuck, live, done = UploadedImageFactory(), UploadedImageFactory(), UploadedImageFactory()
+    stuck, live, done = (
+        UploadedImageFactory.create(),
+        UploadedImageFactory.create(),
+        UploadedImageFactory.create(),
+    )
     for image in (stuck, live):
         services.image_claim(image_id=image.pk)
     UploadedImage.objects.filter(pk=done.pk).update(status=ImageStatus.DONE)
@@ -121,7 +125,7 @@ def test_requeue_stuck_finds_only_abandoned_rows(django_capture_on_commit_callba
 
 
 def test_requeue_is_refused_while_a_live_worker_processes_the_image():
-    image = UploadedImageFactory()
+    image = UploadedImageFactory.create()
     services.image_claim(image_id=image.pk)
 
     assert services.image_requeue(image_id=image.pk) is False
@@ -129,7 +133,7 @@ def test_requeue_is_refused_while_a_live_worker_processes_the_image():
 
 def test_worker_that_lost_its_claim_writes_nothing(media_root, monkeypatch):
     """Between encoding and the swap another worker took the row over: ours is discarded."""
-    image = UploadedImageFactory()
+    image = UploadedImageFactory.create()
     real_replace = services.image_variants_replace
 
     def taken_over(**kwargs):
@@ -145,7 +149,7 @@ def test_worker_that_lost_its_claim_writes_nothing(media_root, monkeypatch):
 
 def test_damaged_original_marks_the_image_failed_with_a_reason(media_root):
     """The original was valid at upload and damaged in storage later: failed, original kept."""
-    image = UploadedImageFactory()
+    image = UploadedImageFactory.create()
     data = image.original.read()
     image.original.close()
     with open(image.original.path, "wb") as fp:
@@ -163,7 +167,7 @@ def test_damaged_original_marks_the_image_failed_with_a_reason(media_root):
 
 
 def test_missing_original_marks_the_image_failed(media_root):
-    image = UploadedImageFactory()
+    image = UploadedImageFactory.create()
     image.original.storage.delete(image.original.name)
 
     assert tasks.compress_image(image.pk) == "failed"
@@ -172,7 +176,7 @@ def test_missing_original_marks_the_image_failed(media_root):
 
 
 def test_failure_midway_leaves_the_previous_variants_whole(media_root, monkeypatch):
-    image = UploadedImageFactory()
+    image = UploadedImageFactory.create()
     services.image_compress(image_id=image.pk)
     before = sorted(ImageVariant.objects.values_list("file", flat=True))
     services.image_requeue(image_id=image.pk)
@@ -196,7 +200,7 @@ def test_failure_midway_leaves_the_previous_variants_whole(media_root, monkeypat
 
 
 def test_unexpected_error_removes_new_files_and_leaves_the_row_claimed(media_root, monkeypatch):
-    image = UploadedImageFactory()
+    image = UploadedImageFactory.create()
 
     def database_gone(**kwargs):
         raise RuntimeError("connection lost")
@@ -215,8 +219,8 @@ def test_requeue_command_lists_and_queues_failed_images(django_capture_on_commit
 
     from django.core.management import call_command
 
-    failed = UploadedImageFactory(status=ImageStatus.FAILED, error="boom")
-    UploadedImageFactory(status=ImageStatus.DONE)
+    failed = UploadedImageFactory.create(status=ImageStatus.FAILED, error="boom")
+    UploadedImageFactory.create(status=ImageStatus.DONE)
     out = StringIO()
 
     call_command("media_requeue", "--failed", "--dry-run", stdout=out)
@@ -230,5 +234,5 @@ def test_requeue_command_lists_and_queues_failed_images(django_capture_on_commit
 
 
 def test_original_content_file_factory_is_valid():
-    image = UploadedImageFactory(original=ContentFile(b"x", name="x.jpg"), original_size=1)
+    image = UploadedImageFactory.create(original=ContentFile(b"x", name="x.jpg"), original_size=1)
     assert image.original_size == 1
