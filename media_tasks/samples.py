@@ -32,7 +32,7 @@ def photo(width: int, height: int, *, seed: int = 0) -> Image.Image:
     image = image.filter(ImageFilter.GaussianBlur(radius=max(1, min(w, h) // 60)))
     image = image.resize((width, height), Image.Resampling.BICUBIC)
     grain = Image.effect_noise((width, height), 18).convert("RGB")
-    return Image.blend(image, grain, 0.12)
+    return Image.blend(image, grain, 0.3)
 
 
 def encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
