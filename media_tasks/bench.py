@@ -7,6 +7,8 @@ compare its throughput with plain Pillow doing the same work in the same number 
 
 Called by the benchmark harness (`make bench`) after Django is set up against a real database
 (the one in settings; a qcluster subprocess is started against it). Also importable alone.
+The raw baseline uses a "spawn" process pool, which re-imports the caller's main module: call
+it from under `if __name__ == "__main__":` as multiprocessing requires.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class MediaBenchResult:
     height: int
     original_bytes: int  # total of the originals
     variant_bytes: int  # total of all variants the cluster produced
-    raw_seconds: float  # plain Pillow in a process pool, wall time
+    raw_seconds: float  # plain Pillow in a process pool, wall time (mean of the two runs)
+    raw_seconds_runs: tuple[float, float]  # before and after the cluster run
     cluster_seconds: float  # first claim to last finish, from the rows' timestamps
     cluster_wall_seconds: float  # qcluster start to all done, start-up included
     failed: int
@@ -87,7 +90,8 @@ def run_media_bench(
 
     `distinct` different photos are generated and reused round-robin (generating hundreds of
     12-megapixel photos would take longer than compressing them); each upload is still its
-    own file and row. The raw run performs the same Pillow calls with the same settings
+    own file and row. The raw run (twice: before and after the cluster run; the mean counts)
+    performs the same Pillow calls with the same settings
     (draft decode, EXIF transpose, Lanczos with reducing gap, WebP + JPEG per size) in a
     multiprocessing pool, on bytes in memory, results discarded: no Django, database,
     storage or queue. The cluster run uploads through `services.image_upload` (not timed),
@@ -100,12 +104,7 @@ def run_media_bench(
     )
     work = [originals[i % len(originals)] for i in range(images)]
 
-    conf = compression_settings()
-    with get_context("spawn").Pool(processes) as pool:
-        pool.map(raw_pillow_compress, [(data, conf) for data in work[:processes]])  # warm up
-        started = time.perf_counter()
-        pool.map(raw_pillow_compress, [(data, conf) for data in work], chunksize=1)
-        raw_seconds = time.perf_counter() - started
+    raw_before = _raw_pillow_seconds(work, processes=processes)
 
     ids = [
         services.image_upload(file=SimpleUploadedFile(f"bench-{i}.jpg", data)).pk
@@ -116,6 +115,9 @@ def run_media_bench(
         with running_qcluster(settings.NUDGE_MEDIA_CLUSTER, workers=processes):
             _wait_until_finished(ids, timeout=timeout)
         wall = time.perf_counter() - started
+        # Raw Pillow runs before and after the cluster and the mean is used, so a change in
+        # the machine's load during the run does not favour either side.
+        raw_after = _raw_pillow_seconds(work, processes=processes)
         rows = UploadedImage.objects.filter(pk__in=ids)
         span = rows.aggregate(first=Min("claimed_at"), last=Max("processed_at"))
         cluster_seconds = (span["last"] - span["first"]).total_seconds()
@@ -128,7 +130,8 @@ def run_media_bench(
             variant_bytes=sum(
                 rows.filter(variants__isnull=False).values_list("variants__size", flat=True)
             ),
-            raw_seconds=raw_seconds,
+            raw_seconds=(raw_before + raw_after) / 2,
+            raw_seconds_runs=(raw_before, raw_after),
             cluster_seconds=cluster_seconds,
             cluster_wall_seconds=wall,
             failed=rows.filter(status=ImageStatus.FAILED).count(),
@@ -140,6 +143,15 @@ def run_media_bench(
                     variant.file.delete(save=False)
                 image.original.delete(save=False)
                 image.delete()
+
+
+def _raw_pillow_seconds(work: list[bytes], *, processes: int) -> float:
+    conf = compression_settings()
+    with get_context("spawn").Pool(processes) as pool:
+        pool.map(raw_pillow_compress, [(data, conf) for data in work[:processes]])  # warm up
+        started = time.perf_counter()
+        pool.map(raw_pillow_compress, [(data, conf) for data in work], chunksize=1)
+        return time.perf_counter() - started
 
 
 def _generate(*, distinct: int, width: int, height: int, processes: int) -> list[bytes]:

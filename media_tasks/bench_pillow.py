@@ -20,7 +20,9 @@ def raw_pillow_compress(job: tuple[bytes, CompressionSettings]) -> int:
     original = Image.open(io.BytesIO(data))
     target = fit_within(original.width, original.height, conf.sizes[0].max_px)
     original.draft(original.mode, (int(target[0] * REDUCING_GAP), int(target[1] * REDUCING_GAP)))
-    image = ImageOps.exif_transpose(original).convert("RGB")
+    original.load()
+    ImageOps.exif_transpose(original, in_place=True)
+    image: Image.Image = original
     produced = 0
     for size in conf.sizes:
         target = fit_within(image.width, image.height, size.max_px)

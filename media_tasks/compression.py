@@ -59,7 +59,8 @@ def _to_srgb(image: Image.Image) -> Image.Image:
 
 def normalise(image: Image.Image) -> tuple[Image.Image, bool]:
     """Upright, sRGB, 8-bit L/RGB/RGBA pixels with no metadata; and whether alpha is used."""
-    image = ImageOps.exif_transpose(image)
+    # In place: without a rotation to apply, exif_transpose would otherwise copy every pixel.
+    ImageOps.exif_transpose(image, in_place=True)
     image = _to_srgb(image)
     has_alpha = image.has_transparency_data
     if has_alpha:
