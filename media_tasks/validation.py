@@ -83,6 +83,10 @@ def inspect_upload(fp: IO[bytes], *, size: int, max_bytes: int, max_pixels: int)
             f"Image mode {info.mode} is not supported (16-bit and floating-point images are "
             "not); save it as 8-bit RGB, RGBA or greyscale."
         )
+    if getattr(image, "n_frames", 1) > 1:
+        raise InvalidImage(
+            "Animated and multi-page images are not supported; upload a single still image."
+        )
     try:
         image.verify()  # chunk CRCs and structure (PNG); cheap
         image = open_checked(fp, max_pixels=max_pixels)

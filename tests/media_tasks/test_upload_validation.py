@@ -116,6 +116,17 @@ def test_sixteen_bit_image_mode_is_unsupported(api_client, media_root):
     assert_nothing_written(media_root)
 
 
+def test_animated_gif_is_refused(api_client, media_root):
+    frames = [Image.new("RGB", (32, 32), colour) for colour in ("red", "green", "blue")]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:])
+
+    message = refusal(upload(api_client, out.getvalue(), "spinner.gif"))
+
+    assert "Animated and multi-page images are not supported" in message
+    assert_nothing_written(media_root)
+
+
 def test_unsupported_format_is_refused(api_client, media_root):
     data = encoded(Image.new("RGB", (16, 16)), "ICO")
 
