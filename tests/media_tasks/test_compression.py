@@ -179,3 +179,13 @@ def test_variant_sizes_setting_is_validated():
     for bad in (["large"], ["large:0"], ["large:x"], ["a:1", "a:2"]):
         with pytest.raises(ValueError, match="NUDGE_MEDIA_VARIANTS"):
             parse_sizes(bad)
+
+
+def test_bad_media_settings_fail_the_system_check(settings):
+    from media_tasks.checks import media_settings_check
+
+    assert media_settings_check(None) == []
+    settings.NUDGE_MEDIA_VARIANTS = ["large"]
+    settings.NUDGE_MEDIA_JPEG_QUALITY = 120
+
+    assert [problem.id for problem in media_settings_check(None)] == ["media.E001", "media.E002"]
