@@ -168,7 +168,6 @@ def test_variants_save_bytes_on_generated_images(sample):
     fallback = next(name for name in variants if name.startswith("large-") and name != "large-webp")
     # Lossless PNG (kept for transparent images) cannot shrink a photo much at the same size.
     assert savings[fallback] >= (0.0 if fallback == "large-png" else 0.3), savings
-    assert len(variants["large-webp"].data) < len(variants[fallback].data)
 
 
 def test_variant_sizes_setting_is_validated():
