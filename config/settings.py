@@ -166,7 +166,8 @@ Q_CLUSTER: dict[str, object] = {
     "name": "nudge",
     "cluster_name": "messaging",
     **_broker,
-    "workers": env.int("Q_MESSAGING_WORKERS", default=4),
+    # Sends wait on providers' HTTP APIs, not on the CPU: more workers than cores.
+    "workers": env.int("Q_MESSAGING_WORKERS", default=max(4, 2 * (os.cpu_count() or 1))),
     "recycle": 1000,
     "timeout": env.int("Q_MESSAGING_TIMEOUT", default=60),
     "retry": env.int("Q_MESSAGING_RETRY", default=90),
@@ -180,6 +181,7 @@ Q_CLUSTER: dict[str, object] = {
     "label": "Task queue",
     "ALT_CLUSTERS": {
         "media": {
+            # Image compression is CPU-bound: one worker per core (the Procfile runs it niced).
             "workers": env.int("Q_MEDIA_WORKERS", default=os.cpu_count() or 1),
             "timeout": env.int("Q_MEDIA_TIMEOUT", default=600),
             "retry": env.int("Q_MEDIA_RETRY", default=900),
@@ -193,6 +195,22 @@ Q_CLUSTER: dict[str, object] = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and not REDIS_URL:
     Q_CLUSTER["workers"] = env.int("Q_MESSAGING_WORKERS", default=1)
+
+# --- Media tasks (image compression on the "media" cluster) ---------------------------------
+NUDGE_MEDIA_CLUSTER = "media"
+NUDGE_MEDIA_MAX_UPLOAD_BYTES = env.int("NUDGE_MEDIA_MAX_UPLOAD_BYTES", default=25 * 1024 * 1024)
+# Decoded size limit (decompression bombs); Pillow's own, larger limit applies as well.
+NUDGE_MEDIA_MAX_PIXELS = env.int("NUDGE_MEDIA_MAX_PIXELS", default=50_000_000)
+# "name:max_px" pairs; each size gets a WebP and a JPEG (PNG for transparent images).
+NUDGE_MEDIA_VARIANTS = env.list("NUDGE_MEDIA_VARIANTS", default=["large:1600", "thumb:400"])
+NUDGE_MEDIA_WEBP_QUALITY = env.int("NUDGE_MEDIA_WEBP_QUALITY", default=80)
+NUDGE_MEDIA_WEBP_METHOD = env.int("NUDGE_MEDIA_WEBP_METHOD", default=4)
+NUDGE_MEDIA_JPEG_QUALITY = env.int("NUDGE_MEDIA_JPEG_QUALITY", default=82)
+# A row left in "processing" longer than this was abandoned (its worker is killed after
+# Q_MEDIA_TIMEOUT) and may be claimed again.
+NUDGE_MEDIA_STALE_AFTER_SECONDS = env.int(
+    "NUDGE_MEDIA_STALE_AFTER_SECONDS", default=env.int("Q_MEDIA_TIMEOUT", default=600) + 60
+)
 
 # --- Security (production: DEBUG=false) -----------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True

@@ -3,8 +3,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 import factory
+from django.core.files.base import ContentFile
 
 from marketing.models import Cart, Customer, Payment
+from media_tasks.models import UploadedImage
+from media_tasks.samples import photo_jpeg
 
 
 class CustomerFactory(factory.django.DjangoModelFactory[Customer]):
@@ -37,3 +40,23 @@ class PaymentFactory(factory.django.DjangoModelFactory[Payment]):
     customer = factory.SubFactory(CustomerFactory)
     amount = Decimal("120.00")
     currency = "EUR"
+
+
+class UploadedImageFactory(factory.django.DjangoModelFactory[UploadedImage]):
+    """A stored, valid original (a small generated photo), pending compression."""
+
+    class Meta:
+        model = UploadedImage
+
+    class Params:
+        width = 640
+        height = 480
+
+    original = factory.LazyAttribute(
+        lambda o: ContentFile(photo_jpeg(o.width, o.height), name="photo.jpg")
+    )
+    original_name = "photo.jpg"
+    original_format = "JPEG"
+    original_width = factory.SelfAttribute("width")
+    original_height = factory.SelfAttribute("height")
+    original_size = factory.LazyAttribute(lambda o: o.original.size)
