@@ -388,7 +388,12 @@ MARKETER_PERMISSIONS: dict[str, list[str]] = {
         "view_scheduledsend",
         "change_scheduledsend",
     ],
-    "media_tasks": ["add_image", "view_image", "change_image"],
+    "media_tasks": [
+        "add_uploadedimage",
+        "view_uploadedimage",
+        "change_uploadedimage",
+        "view_imagevariant",
+    ],
     "django_q": ["view_task", "view_failure", "view_schedule"],
 }
 

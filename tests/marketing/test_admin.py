@@ -198,3 +198,15 @@ def test_cart_added_in_the_admin_records_checkout_started(
 
     assert response.status_code == 302, response.content
     assert Event.objects.get().type == "checkout_started"
+
+
+def test_every_listed_marketer_permission_exists_once_all_apps_are_installed():
+    """The skip-missing rule is for apps not installed; a typo here would silently drop one."""
+    group = Group.objects.get(name="Marketer")
+
+    listed = {
+        f"{app}.{codename}"
+        for app, names in services.MARKETER_PERMISSIONS.items()
+        for codename in names
+    }
+    assert listed == codenames(group)
