@@ -54,7 +54,7 @@ class ImageVariantInline(admin.TabularInline):
 
     @admin.display(description="saving")
     def saving_percent(self, variant: ImageVariant) -> str:
-        return f"{variant.saving:.0%}"
+        return f"{variant.saving:.1%}"
 
     @admin.display(description="file")
     def link(self, variant: ImageVariant) -> str:
