@@ -61,14 +61,16 @@ def event_apply(*, event: Event) -> None:
     enrolments. Runs inside the event's transaction, with the customer row locked."""
     if event.customer_id is None:
         return
-    exited = selectors.journeys_exited_by(event.type)
+    journeys = selectors.journeys_all()
+    exited = [j for j in journeys if event.type in j.exit_on]
     if exited:
         scheduled_send_cancel_for_exit(event=event, journeys=exited)
-    for journey in selectors.journeys_triggered_by(event.type):
-        enrollment_start(journey=journey, event=event)
+    for journey in journeys:
+        if journey.active and journey.trigger == event.type:
+            enrollment_start(journey=journey, event=event)
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)
 def scheduled_send_cancel_for_exit(*, event: Event, journeys: list[Journey]) -> int:
     """Cancel the customer's active sends in `journeys` whose trigger occurred no later than
     the exit event: one indexed UPDATE per exit scope. Returns how many were cancelled."""
@@ -98,7 +100,7 @@ class EnrollmentOutcome:
     note: str
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)
 def enrollment_start(*, journey: Journey, event: Event) -> EnrollmentOutcome:
     """Enrol the event's customer into `journey` and write its ScheduledSend rows.
 
@@ -107,9 +109,11 @@ def enrollment_start(*, journey: Journey, event: Event) -> EnrollmentOutcome:
     """
     if event.customer_id is None:
         return EnrollmentOutcome(None, "event has no customer")
-    customer = Customer.objects.get(pk=event.customer_id)
+    customer = event.customer
+    assert customer is not None
     occurred = event.occurred_at
-    steps = list(journey.steps.order_by("position"))
+    # the prefetched steps when the journey came from selectors.journeys_all()
+    steps = sorted(journey.steps.all(), key=lambda step: step.position)
     if not steps:
         return EnrollmentOutcome(None, "journey has no steps")
 

@@ -131,7 +131,8 @@ class EventBatchIngestView(SignedEventView):
         with transaction.atomic():
             for index in order:
                 code, body = _ingest_one(events[index])
-                results[index] = {"index": index, "status": code, **body}
+                # the answer /api/events/ would give for this event, status and body
+                results[index] = {"index": index, "status": code, "body": body}
         counts = {"accepted": 0, "duplicate": 0, "conflict": 0, "invalid": 0}
         names = {202: "accepted", 200: "duplicate", 409: "conflict", 400: "invalid"}
         for item in results:
