@@ -237,11 +237,11 @@ def scheduled_send_cancel(*, send_id: int, reason: str) -> ScheduledSend:
 _CLAIM_SQL = """
 UPDATE journeys_scheduledsend
    SET status = 'sending', claimed_at = now(), updated_at = now(), attempts = attempts + 1
- WHERE id IN (SELECT id FROM journeys_scheduledsend
-               WHERE status = 'pending' AND due_at <= now()
-               ORDER BY due_at
-               LIMIT %s
-               FOR UPDATE SKIP LOCKED)
+ WHERE id = ANY(ARRAY(SELECT id FROM journeys_scheduledsend
+                       WHERE status = 'pending' AND due_at <= now()
+                       ORDER BY due_at
+                       LIMIT %s
+                       FOR UPDATE SKIP LOCKED))
 RETURNING id
 """
 
@@ -253,7 +253,9 @@ def scheduled_sends_claim_due(*, limit: int) -> list[int]:
     LOCKED lets any number of tickers on any number of machines claim at once without
     waiting for or double-claiming each other. On PostgreSQL it is one statement (one round
     trip, the ids come back with RETURNING); on SQLite (one ticker) the database lock does
-    the same job over two statements.
+    the same job over two statements. `id = ANY(ARRAY(...))` rather than `id IN (...)`: with
+    IN, the planner may hash-join the claimed ids against a sequential scan of the whole
+    table when few rows are due (tests/journeys/test_query_plans.py).
     """
     if connection.vendor == "postgresql":
         with transaction.atomic(), connection.cursor() as cursor:
