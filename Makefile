@@ -31,5 +31,17 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
+# The benchmark's PostgreSQL is durable like a production one (fsync and synchronous commit
+# on, unlike the test suite's) and tuned as one would tune a dedicated server: see the README,
+# "Performance and tuning". Scale and other flags: make bench ARGS="--pending 1000000".
+BENCH_PG_OPTIONS ?= -c fsync=on -c synchronous_commit=on -c full_page_writes=on \
+  -c shared_buffers=2GB -c effective_cache_size=8GB -c work_mem=16MB \
+  -c maintenance_work_mem=1GB -c max_wal_size=8GB -c checkpoint_timeout=15min \
+  -c wal_compression=on -c random_page_cost=1.1 -c autovacuum_naptime=10s \
+  -c autovacuum_vacuum_scale_factor=0.02 -c autovacuum_analyze_scale_factor=0.02
+
+bench: install
+	NUDGE_PG_OPTIONS="$(BENCH_PG_OPTIONS)" scripts/services.sh $(BIN)/python -m bench $(ARGS)
+
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .mypy_cache .ruff_cache

@@ -247,8 +247,12 @@ NUDGE_EXTRA_EVENT_TYPES = env.list("NUDGE_EXTRA_EVENT_TYPES", default=[])
 # ids one dispatch task carries.
 NUDGE_TICK_SECONDS = env.float("NUDGE_TICK_SECONDS", default=0.2)
 NUDGE_CLAIM_BATCH = env.int("NUDGE_CLAIM_BATCH", default=500)
-NUDGE_DISPATCH_CHUNK = env.int("NUDGE_DISPATCH_CHUNK", default=50)
+NUDGE_DISPATCH_CHUNK = env.int("NUDGE_DISPATCH_CHUNK", default=100)
 # A claimed send whose worker has not finished after this long is handed out again.
 NUDGE_SEND_LEASE_SECONDS = env.int("NUDGE_SEND_LEASE_SECONDS", default=120)
+# How long a process may use its copy of the journeys without re-reading them when nothing
+# in the journeys' version (count, last update) changed: bounds how late an edit of a step
+# alone is seen. Any saved journey is seen at once.
+NUDGE_JOURNEY_CACHE_SECONDS = env.float("NUDGE_JOURNEY_CACHE_SECONDS", default=5.0)
 # A send is marked failed after this many attempts.
 NUDGE_SEND_MAX_ATTEMPTS = env.int("NUDGE_SEND_MAX_ATTEMPTS", default=5)

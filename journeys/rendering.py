@@ -41,4 +41,6 @@ def template_problems(source: str, *, has_discount: bool) -> list[str]:
 
 
 def render(source: str, context: dict[str, Any]) -> str:
+    if "{" not in source:  # plain text: nothing to render (a common subject line)
+        return source.strip()
     return compile_template(source).render(Context(context)).strip()

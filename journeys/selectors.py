@@ -2,27 +2,64 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import QuerySet
 
 from journeys.durations import format_iso_duration
 from journeys.models import Journey, ScheduledSend
 from marketing.models import Event, EventType
 
+# Every event asks which journeys it triggers and exits. Journeys change rarely, so each
+# process keeps them (with their steps) and re-reads them only when this one cheap query says
+# they changed: it also sees changes made by other processes, and rolled-back ones.
+_JOURNEYS_VERSION_SQL = """
+SELECT (SELECT count(*) FROM journeys_journey), (SELECT max(updated_at) FROM journeys_journey),
+       (SELECT count(*) FROM journeys_journeystep), (SELECT max(id) FROM journeys_journeystep)
+"""
+
+
+@dataclass
+class _JourneyCache:
+    version: tuple[Any, ...] | None = None
+    loaded_at: float = 0.0
+    journeys: list[Journey] = field(default_factory=list)
+
+
+_journey_cache = _JourneyCache()
+
+
+def journeys_all() -> list[Journey]:
+    """Every journey, active or not, with its steps prefetched; treat them as read-only.
+
+    Cached per process while the version query above is unchanged, and at most
+    NUDGE_JOURNEY_CACHE_SECONDS (an edit of a step alone, which changes none of the version
+    figures, is seen after that long; the admin and journeys_import also save the journey).
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_JOURNEYS_VERSION_SQL)
+        version = tuple(cursor.fetchone() or ())
+    cache = _journey_cache
+    stale = time.monotonic() - cache.loaded_at > settings.NUDGE_JOURNEY_CACHE_SECONDS
+    if version != cache.version or stale:
+        cache.journeys = list(Journey.objects.prefetch_related("steps"))
+        cache.version, cache.loaded_at = version, time.monotonic()
+    return cache.journeys
+
 
 def journeys_triggered_by(event_type: str) -> list[Journey]:
-    return list(Journey.objects.filter(active=True, trigger=event_type).prefetch_related("steps"))
+    return [j for j in journeys_all() if j.active and j.trigger == event_type]
 
 
 def journeys_exited_by(event_type: str) -> list[Journey]:
     """Journeys (active or not: deactivating must not resurrect sends) that `event_type` exits."""
-    return [
-        j for j in Journey.objects.only("id", "exit_on", "exit_scope") if event_type in j.exit_on
-    ]
+    return [j for j in journeys_all() if event_type in j.exit_on]
 
 
 def known_event_types() -> set[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -61,14 +61,16 @@ def event_apply(*, event: Event) -> None:
     enrolments. Runs inside the event's transaction, with the customer row locked."""
     if event.customer_id is None:
         return
-    exited = selectors.journeys_exited_by(event.type)
+    journeys = selectors.journeys_all()
+    exited = [j for j in journeys if event.type in j.exit_on]
     if exited:
         scheduled_send_cancel_for_exit(event=event, journeys=exited)
-    for journey in selectors.journeys_triggered_by(event.type):
-        enrollment_start(journey=journey, event=event)
+    for journey in journeys:
+        if journey.active and journey.trigger == event.type:
+            enrollment_start(journey=journey, event=event)
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)
 def scheduled_send_cancel_for_exit(*, event: Event, journeys: list[Journey]) -> int:
     """Cancel the customer's active sends in `journeys` whose trigger occurred no later than
     the exit event: one indexed UPDATE per exit scope. Returns how many were cancelled."""
@@ -98,7 +100,7 @@ class EnrollmentOutcome:
     note: str
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)
 def enrollment_start(*, journey: Journey, event: Event) -> EnrollmentOutcome:
     """Enrol the event's customer into `journey` and write its ScheduledSend rows.
 
@@ -107,9 +109,11 @@ def enrollment_start(*, journey: Journey, event: Event) -> EnrollmentOutcome:
     """
     if event.customer_id is None:
         return EnrollmentOutcome(None, "event has no customer")
-    customer = Customer.objects.get(pk=event.customer_id)
+    customer = event.customer
+    assert customer is not None
     occurred = event.occurred_at
-    steps = list(journey.steps.order_by("position"))
+    # the prefetched steps when the journey came from selectors.journeys_all()
+    steps = sorted(journey.steps.all(), key=lambda step: step.position)
     if not steps:
         return EnrollmentOutcome(None, "journey has no steps")
 
@@ -231,13 +235,33 @@ def scheduled_send_cancel(*, send_id: int, reason: str) -> ScheduledSend:
 # --- the timer: claim, recover, dispatch ----------------------------------------------------
 
 
+_CLAIM_SQL = """
+UPDATE journeys_scheduledsend
+   SET status = 'sending', claimed_at = now(), updated_at = now(), attempts = attempts + 1
+ WHERE id = ANY(ARRAY(SELECT id FROM journeys_scheduledsend
+                       WHERE status = 'pending' AND due_at <= now()
+                       ORDER BY due_at
+                       LIMIT %s
+                       FOR UPDATE SKIP LOCKED))
+RETURNING id
+"""
+
+
 def scheduled_sends_claim_due(*, limit: int) -> list[int]:
     """Move up to `limit` due pending sends to `sending` and return their ids.
 
-    FOR UPDATE SKIP LOCKED lets any number of tickers on any number of machines claim at
-    once without waiting for or double-claiming each other; on SQLite (one ticker) the
-    database lock does the same.
+    The claim is a compare-and-set: only a row still pending moves, and FOR UPDATE SKIP
+    LOCKED lets any number of tickers on any number of machines claim at once without
+    waiting for or double-claiming each other. On PostgreSQL it is one statement (one round
+    trip, the ids come back with RETURNING); on SQLite (one ticker) the database lock does
+    the same job over two statements. `id = ANY(ARRAY(...))` rather than `id IN (...)`: with
+    IN, the planner may hash-join the claimed ids against a sequential scan of the whole
+    table when few rows are due (tests/journeys/test_query_plans.py).
     """
+    if connection.vendor == "postgresql":
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_CLAIM_SQL, [limit])
+            return sorted(row[0] for row in cursor.fetchall())
     with transaction.atomic():
         ids = list(
             ScheduledSend.objects.due()
@@ -247,7 +271,10 @@ def scheduled_sends_claim_due(*, limit: int) -> list[int]:
         )
         if ids:
             ScheduledSend.objects.filter(pk__in=ids).update(
-                status=Status.SENDING, claimed_at=Now(), attempts=F("attempts") + 1
+                status=Status.SENDING,
+                claimed_at=Now(),
+                updated_at=Now(),
+                attempts=F("attempts") + 1,
             )
     return ids
 
@@ -279,23 +306,16 @@ def scheduled_sends_recover(*, lease: timedelta, limit: int) -> list[int]:
     return retry
 
 
-def _reason_not_to_send(send: ScheduledSend, now: datetime) -> tuple[str, str] | None:
-    """(status, reason) when the send must not go out; None when it may."""
+def _reason_not_to_send(
+    send: ScheduledSend, now: datetime, exit_event: Event | None
+) -> tuple[str, str] | None:
+    """(status, reason) when the send must not go out; None when it may. `exit_event` is the
+    earliest exit event since the trigger (see _exit_events_for)."""
     journey = send.journey
     if not journey.active:
         return Status.CANCELLED, "cancelled: journey deactivated"
     if send.step is None:
         return Status.CANCELLED, "cancelled: step removed from the journey"
-    exit_event = selectors.exit_event_since(
-        customer_id=send.customer_id,
-        exit_types=journey.exit_on,
-        since=send.trigger_occurred_at,
-        cart_external_id=(
-            send.cart.external_id
-            if journey.exit_scope == Journey.ExitScope.CART and send.cart
-            else None
-        ),
-    )
     if exit_event is not None:
         return Status.CANCELLED, f"cancelled by {describe_event(exit_event)}"
     customer = send.customer
@@ -308,6 +328,44 @@ def _reason_not_to_send(send: ScheduledSend, now: datetime) -> tuple[str, str] |
     if late > journey.max_lateness:
         return Status.SKIPPED, f"stale: {humanize(late)} late"
     return None
+
+
+def _exit_events_for(sends: list[ScheduledSend]) -> dict[int, Event]:
+    """For each send, the earliest exit event of its customer since its trigger (same cart
+    with a per-cart exit scope), by send id: one query for the whole chunk, on the
+    (customer, type, occurred_at) index, instead of one per send."""
+    exit_types = {t for send in sends for t in send.journey.exit_on}
+    if not sends or not exit_types:
+        return {}
+    candidates = Event.objects.filter(
+        customer_id__in={send.customer_id for send in sends},
+        type__in=exit_types,
+        occurred_at__gte=min(send.trigger_occurred_at for send in sends),
+    ).order_by("occurred_at", "pk")
+    by_customer: dict[int, list[Event]] = {}
+    for event in candidates:
+        assert event.customer_id is not None
+        by_customer.setdefault(event.customer_id, []).append(event)
+    found: dict[int, Event] = {}
+    for send in sends:
+        journey = send.journey
+        cart_id = None
+        if journey.exit_scope == Journey.ExitScope.CART and send.cart is not None:
+            cart_id = send.cart.external_id
+        for event in by_customer.get(send.customer_id, ()):
+            if event.type not in journey.exit_on or event.occurred_at < send.trigger_occurred_at:
+                continue
+            if cart_id is not None and _payment_cart_id(event) != cart_id:
+                continue
+            found[send.pk] = event
+            break
+    return found
+
+
+def _payment_cart_id(event: Event) -> str | None:
+    payload = event.payload if isinstance(event.payload, dict) else {}
+    payment = payload.get("payment")
+    return payment.get("cart_id") if isinstance(payment, dict) else None
 
 
 def _recipient(send: ScheduledSend) -> str:
@@ -353,60 +411,140 @@ def _message_context(send: ScheduledSend, now: datetime) -> dict[str, Any]:
 
 
 def scheduled_send_dispatch(*, send_id: int) -> str:
-    """Send one claimed message, at most once, and record the outcome on its row.
+    """Send one claimed message; see scheduled_sends_dispatch. Returns its new status."""
+    return scheduled_sends_dispatch(send_ids=[send_id]).get(send_id, "noop")
 
-    Everything is re-checked under the row lock (still in flight? exit event since the
-    trigger? opted out? too late?) and the lock is held across the channel call, so an
-    exit event's cancellation (which updates this row) either commits first and is seen
-    here, or waits until this send is recorded. Returns the new status ('noop' when the row
-    was not ours to send: already handled by another delivery of the same task).
+
+_DISPATCH_FIELDS = [
+    "status",
+    "reason",
+    "recipient",
+    "subject",
+    "body",
+    "discount_expires_at",
+    "provider_message_id",
+    "claimed_at",
+    "sent_at",
+    "updated_at",
+]
+
+
+def scheduled_sends_dispatch(*, send_ids: list[int]) -> dict[int, str]:
+    """Send a chunk of claimed messages, each at most once, and record the outcomes.
+
+    The chunk's rows are locked in id order with one SELECT ... FOR UPDATE, and only rows
+    still in flight come back (a row cancelled meanwhile is re-read under the lock and
+    dropped). Everything is re-checked under those locks (exit event since the trigger, in
+    one query for the chunk; opted out? too late?) and the locks are held across the channel
+    calls, so an exit event's cancellation (which updates these rows) either commits first
+    and is seen here, or waits until the chunk is recorded. The outcomes are written with
+    one UPDATE. Returns the new status of each id; ids not ours to send (already handled by
+    another delivery of the same task) are left out.
     """
+    outcome: dict[int, str] = {}
     with transaction.atomic():
-        send = (
+        sends = list(
             ScheduledSend.objects.select_for_update(of=("self",))
-            .select_related("journey", "step", "customer", "cart")
-            .filter(pk=send_id)
-            .first()
+            .select_related("customer", "cart")
+            .filter(pk__in=send_ids, status=Status.SENDING)
+            .order_by("pk")
         )
-        if send is None or send.status != Status.SENDING:
-            return "noop"
+        if not sends:
+            return outcome
+        _journeys_attach(sends)
+        exits = _exit_events_for(sends)
         now = timezone.now()
-        refusal = _reason_not_to_send(send, now)
-        if refusal is not None:
-            send.status, send.reason = refusal
-            send.save(update_fields=["status", "reason", "updated_at"])
-            return send.status
-        assert send.step is not None  # _reason_not_to_send refuses a removed step
-        context = _message_context(send, now)
-        send.recipient = _recipient(send)
-        send.subject = render(send.step.subject, context) if send.step.subject else ""
-        send.body = render(send.step.body, context)
-        if context["discount"]:
-            send.discount_expires_at = context["discount"]["expires_at"]
-        message = OutgoingMessage(
-            send_id=send.pk,
-            channel=send.channel,
-            recipient=send.recipient,
-            subject=send.subject,
-            body=send.body,
-        )
-        try:
-            send.provider_message_id = get_channel(send.channel).send(message)
-        except ChannelError as exc:
-            if exc.retryable and send.attempts < settings.NUDGE_SEND_MAX_ATTEMPTS:
-                # stays in flight; recovery hands it out again after the lease
-                send.reason = f"retrying after provider error: {exc}"[:500]
-                send.claimed_at = now
-            else:
-                send.status = Status.FAILED
-                send.reason = f"failed: provider error: {exc}"[:500]
-            send.save()
-            return send.status
-        send.status = Status.SENT
-        send.reason = ""
-        send.sent_at = timezone.now()
-        send.save()
-        return send.status
+        for send in sends:
+            try:
+                _dispatch_locked(send, now, exits.get(send.pk))
+            except Exception as exc:
+                # One bad row must not roll back the chunk: its other messages are gone.
+                logger.exception("dispatch of send %s failed", send.pk)
+                _retry_or_fail(send, now, f"unexpected error: {exc!r}")
+            send.updated_at = timezone.now()
+            outcome[send.pk] = send.status
+        _dispatch_outcomes_save(sends)
+    return outcome
+
+
+_OUTCOMES_SQL = """
+UPDATE journeys_scheduledsend AS s
+   SET status = v.status, reason = v.reason, recipient = v.recipient, subject = v.subject,
+       body = v.body, discount_expires_at = v.discount_expires_at,
+       provider_message_id = v.provider_message_id, claimed_at = v.claimed_at,
+       sent_at = v.sent_at, updated_at = v.updated_at
+  FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],
+              %s::text[], %s::timestamptz[], %s::varchar[], %s::timestamptz[],
+              %s::timestamptz[], %s::timestamptz[])
+       AS v(id, status, reason, recipient, subject, body, discount_expires_at,
+            provider_message_id, claimed_at, sent_at, updated_at)
+ WHERE s.id = v.id
+"""
+
+
+def _dispatch_outcomes_save(sends: list[ScheduledSend]) -> None:
+    """One UPDATE for the chunk's outcomes. On PostgreSQL it joins the rows to arrays of the
+    new values (Django's bulk_update builds a CASE per field and row, and spent more time in
+    Python than the whole rest of the dispatch)."""
+    if connection.vendor != "postgresql":
+        ScheduledSend.objects.bulk_update(sends, _DISPATCH_FIELDS)
+        return
+    columns = [[s.pk for s in sends]]
+    columns += [[getattr(s, name) for s in sends] for name in _DISPATCH_FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(_OUTCOMES_SQL, columns)
+
+
+def _journeys_attach(sends: list[ScheduledSend]) -> None:
+    """Give each send its journey and step, loaded once per chunk: a chunk's sends share a
+    few journeys, and building them again for every row cost more than the rest of the load."""
+    journeys = Journey.objects.in_bulk({send.journey_id for send in sends})
+    steps = JourneyStep.objects.in_bulk({send.step_id for send in sends if send.step_id})
+    for send in sends:
+        send.journey = journeys[send.journey_id]
+        send.step = steps.get(send.step_id) if send.step_id else None
+
+
+def _retry_or_fail(
+    send: ScheduledSend, now: datetime, problem: str, *, retryable: bool = True
+) -> None:
+    if retryable and send.attempts < settings.NUDGE_SEND_MAX_ATTEMPTS:
+        # stays in flight; recovery hands it out again after the lease
+        send.reason = f"retrying after {problem}"[:500]
+        send.claimed_at = now
+    else:
+        send.status = Status.FAILED
+        send.reason = f"failed: {problem}"[:500]
+
+
+def _dispatch_locked(send: ScheduledSend, now: datetime, exit_event: Event | None) -> None:
+    """Decide, render and send one locked row; sets its outcome fields (saved by the caller)."""
+    refusal = _reason_not_to_send(send, now, exit_event)
+    if refusal is not None:
+        send.status, send.reason = refusal
+        return
+    assert send.step is not None  # _reason_not_to_send refuses a removed step
+    context = _message_context(send, now)
+    send.recipient = _recipient(send)
+    send.subject = render(send.step.subject, context) if send.step.subject else ""
+    send.body = render(send.step.body, context)
+    if context["discount"]:
+        send.discount_expires_at = context["discount"]["expires_at"]
+    message = OutgoingMessage(
+        send_id=send.pk,
+        channel=send.channel,
+        recipient=send.recipient,
+        subject=send.subject,
+        body=send.body,
+    )
+    try:
+        send.provider_message_id = get_channel(send.channel).send(message)
+    except ChannelError as exc:
+        _retry_or_fail(send, now, f"provider error: {exc}", retryable=exc.retryable)
+        return
+    send.status = Status.SENT
+    send.reason = ""
+    send.sent_at = timezone.now()
 
 
 # --- journeys as code -----------------------------------------------------------------------

@@ -9,4 +9,4 @@ from journeys import services
 
 def scheduled_sends_dispatch(send_ids: list[int]) -> dict[str, int]:
     """Dispatch a chunk of claimed sends; the outcome counts end up in the task result."""
-    return dict(Counter(services.scheduled_send_dispatch(send_id=pk) for pk in send_ids))
+    return dict(Counter(services.scheduled_sends_dispatch(send_ids=send_ids).values()))

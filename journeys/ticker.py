@@ -32,6 +32,9 @@ def enqueue_dispatch(send_ids: list[int]) -> None:
             send_ids[start : start + chunk],
             group="dispatch",
             cluster=settings.Q_CLUSTER["cluster_name"],
+            # the ScheduledSend rows are the record: a successful task leaves no result row
+            # (failures are still saved), which spares the monitor a write and a prune
+            save=False,
         )
 
 

@@ -1,0 +1,95 @@
+"""A dispatch task handles a chunk of sends with set-based queries; each row keeps its own
+outcome, exactly as if it had been dispatched alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from journeys import services
+from journeys.channels import OutgoingMessage, get_channel
+from journeys.models import ScheduledSend
+from marketing.models import Customer, Event
+from tests.journeys.conftest import ingest, make_event, minutes_ago, sends
+from tests.journeys.test_engine import make_journey
+
+pytestmark = pytest.mark.django_db
+Status = ScheduledSend.Status
+
+
+class BrokenForOneChannel:
+    """Fails with an unexpected error (not a ChannelError) for one recipient."""
+
+    calls: list[OutgoingMessage] = []
+
+    def send(self, message: OutgoingMessage) -> str:
+        if message.recipient.startswith("broken"):
+            raise RuntimeError("provider SDK bug")
+        BrokenForOneChannel.calls.append(message)
+        return f"ok-{message.send_id}"
+
+
+@pytest.fixture
+def broken_channel(settings):
+    settings.NUDGE_CHANNELS = {
+        **settings.NUDGE_CHANNELS,
+        "email": "tests.journeys.test_dispatch_chunk.BrokenForOneChannel",
+    }
+    get_channel.cache_clear()
+    BrokenForOneChannel.calls = []
+    yield BrokenForOneChannel
+    get_channel.cache_clear()
+
+
+def _checkout(user: str, minutes: float = 11) -> None:
+    ingest(make_event(f"co_{user}", "checkout_started", user=user, at=minutes_ago(minutes),
+                      cart=f"c_{user}"))  # fmt: skip
+
+
+def test_a_chunk_records_each_sends_own_outcome():
+    make_journey()
+    for user in ("sent", "paid", "optout", "cancelled"):
+        _checkout(user)
+    claimed = services.scheduled_sends_claim_due(limit=10)
+    assert len(claimed) == 4
+    # recorded without its effects (as if its cancellation had not run): dispatch must see it
+    Event.objects.create(
+        source=Event.Source.WEBHOOK, event_id="pay", type="payment_finished",
+        customer=Customer.objects.get(external_id="paid"), occurred_at=minutes_ago(1),
+        payload={"payment": {"id": "p_1"}}, body_sha256="-",
+    )  # fmt: skip
+    Customer.objects.filter(external_id="optout").update(consent_email=False)
+    send = ScheduledSend.objects.get(customer__external_id="cancelled")
+    services.scheduled_send_cancel(send_id=send.pk, reason="cancelled by an operator")
+
+    outcome = services.scheduled_sends_dispatch(send_ids=claimed)
+
+    by_customer = {s.customer.external_id: (s.status, s.reason) for s in sends()}
+    assert by_customer == {
+        "sent": (Status.SENT, ""),
+        "paid": (Status.CANCELLED, "cancelled by payment p_1"),
+        "optout": (Status.SKIPPED, "opted out of Email"),
+        "cancelled": (Status.CANCELLED, "cancelled by an operator"),
+    }
+    # the operator's cancellation came first: that row was not this task's to decide
+    assert sorted(outcome.values()) == ["cancelled", "sent", "skipped"]
+    assert send.pk not in outcome
+    (sent,) = sends(status=Status.SENT)
+    assert sent.body == "https://shop.example/checkout/c_sent"
+    assert sent.sent_at is not None
+
+
+def test_an_unexpected_error_on_one_send_keeps_the_others_sent(broken_channel):
+    make_journey()
+    _checkout("ok_1")
+    _checkout("broken", minutes=11.5)
+    _checkout("ok_2", minutes=12)
+    claimed = services.scheduled_sends_claim_due(limit=10)
+
+    services.scheduled_sends_dispatch(send_ids=claimed)
+
+    by_customer = {s.customer.external_id: s for s in sends()}
+    assert by_customer["ok_1"].status == by_customer["ok_2"].status == Status.SENT
+    broken = by_customer["broken"]
+    assert broken.status == Status.SENDING  # left in flight: recovery hands it out again
+    assert broken.reason.startswith("retrying after unexpected error: RuntimeError")
+    assert len(broken_channel.calls) == 2

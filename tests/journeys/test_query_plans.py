@@ -1,0 +1,87 @@
+"""The hot queries use their indexes at scale: EXPLAIN on a table of 20,000 sends."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from bench import data
+from journeys import services
+from journeys.models import Journey, ScheduledSend
+from marketing.models import Event
+
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL plans"),
+]
+
+
+def plan(sql: str, params: object = None) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+@pytest.fixture
+def many_sends(demo_journeys):
+    journey = Journey.objects.get(slug="welcome-email")
+    step = journey.steps.get()
+    data.sends_create(prefix="future", count=20_000, journey_id=journey.pk, step_id=step.pk,
+                      due=timezone.now() + timedelta(days=30))  # fmt: skip
+    data.sends_create(prefix="due", count=200, journey_id=journey.pk, step_id=step.pk,
+                      due=timezone.now() - timedelta(minutes=1))  # fmt: skip
+    with connection.cursor() as cursor:
+        # a third of the customers registered, then a third of those paid
+        cursor.execute(
+            "INSERT INTO marketing_event (source, event_id, type, customer_id, occurred_at, "
+            "received_at, payload, body_sha256) SELECT 'webhook', 'ev' || id, "
+            "CASE WHEN id % 9 = 0 THEN 'payment_finished' ELSE 'user_registered' END, id, "
+            "now() - interval '1 day', now(), '{}', '-' FROM marketing_customer WHERE id % 3 = 0"
+        )
+        for table in ("journeys_scheduledsend", "marketing_customer", "marketing_event"):
+            cursor.execute(f"ANALYZE {table}")
+    return journey
+
+
+def test_the_claim_reads_the_pending_due_index(many_sends):
+    with connection.cursor() as cursor:
+        cursor.execute("SAVEPOINT explain_claim")
+        text = plan(services._CLAIM_SQL, [500])
+        cursor.execute("ROLLBACK TO SAVEPOINT explain_claim")
+    assert "send_pending_due" in text, text
+    assert "Seq Scan on journeys_scheduledsend" not in text, text
+
+
+def test_cancelling_a_customers_sends_reads_the_active_customer_index(many_sends):
+    customer_id = ScheduledSend.objects.filter(customer__external_id="future7").get().customer_id
+    sends = ScheduledSend.objects.active().filter(
+        customer_id=customer_id, journey_id__in=[many_sends.pk],
+        trigger_occurred_at__lte=timezone.now(),
+    )  # fmt: skip
+    sql, params = sends.query.sql_with_params()
+    text = plan(sql, params)
+    assert "send_active_customer" in text, text
+
+
+def test_dispatch_locks_its_chunk_by_primary_key(many_sends):
+    ids = services.scheduled_sends_claim_due(limit=100)
+    sends = ScheduledSend.objects.select_related("customer", "cart").filter(
+        pk__in=ids, status="sending"
+    )
+    sql, params = sends.query.sql_with_params()
+    text = plan(sql, params)
+    assert "Seq Scan on journeys_scheduledsend" not in text, text
+
+
+def test_exit_events_of_a_chunk_are_read_by_index(many_sends):
+    customers = list(ScheduledSend.objects.values_list("customer_id", flat=True)[:100])
+    events = Event.objects.filter(
+        customer_id__in=customers, type__in=["payment_finished"],
+        occurred_at__gte=timezone.now() - timedelta(hours=2),
+    )  # fmt: skip
+    sql, params = events.query.sql_with_params()
+    text = plan(sql, params)
+    assert "Seq Scan on marketing_event" not in text, text
