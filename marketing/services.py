@@ -24,6 +24,10 @@ from marketing.signals import event_recorded
 _ingesting: contextvars.ContextVar[bool] = contextvars.ContextVar("nudge_ingesting", default=False)
 
 
+class CartOwnedByAnotherCustomer(Exception):
+    """An event names a cart id that already belongs to a different customer."""
+
+
 class EventConflict(Exception):
     """An event id we already hold arrived with a different body."""
 
@@ -147,6 +151,9 @@ def cart_upsert(
     }
     with transaction.atomic():
         cart, created = Cart.objects.get_or_create(external_id=external_id, defaults=values)
+        if not created and cart.customer_id != customer.pk:
+            # a shop's cart ids are unique; moving a cart would rewrite another customer's history
+            raise CartOwnedByAnotherCustomer(f"cart {external_id} belongs to another customer")
         if not created:
             changed = [name for name, value in values.items() if getattr(cart, name) != value]
             if changed:

@@ -7,6 +7,7 @@ import zoneinfo
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 from rest_framework import serializers
 
@@ -135,5 +136,10 @@ class EventBatchSerializer(serializers.Serializer):
         # null items are refused one by one, like any other malformed item
         child=serializers.JSONField(allow_null=True),
         allow_empty=False,
-        max_length=1000,
     )
+
+    def validate_events(self, value: list[Any]) -> list[Any]:
+        limit = settings.NUDGE_BATCH_MAX_EVENTS
+        if len(value) > limit:
+            raise serializers.ValidationError(f"at most {limit} events per batch")
+        return value

@@ -115,11 +115,15 @@ def _ingest_one(payload: Any) -> tuple[int, dict[str, Any]]:
         )
     except services.EventConflict as exc:
         return status.HTTP_409_CONFLICT, {"detail": str(exc)}
+    except services.CartOwnedByAnotherCustomer as exc:
+        return status.HTTP_400_BAD_REQUEST, {"errors": {"cart": {"id": [str(exc)]}}}
     return (status.HTTP_202_ACCEPTED if result.created else status.HTTP_200_OK), result.body
 
 
 class EventIngestView(SignedEventView):
-    max_bytes = settings.NUDGE_EVENT_MAX_BYTES
+    @property
+    def max_bytes(self) -> int:  # type: ignore[override]
+        return int(settings.NUDGE_EVENT_MAX_BYTES)
 
     @extend_schema(
         request=EventSerializer,
@@ -143,7 +147,9 @@ class EventIngestView(SignedEventView):
 
 
 class EventBatchIngestView(SignedEventView):
-    max_bytes = settings.NUDGE_BATCH_MAX_BYTES
+    @property
+    def max_bytes(self) -> int:  # type: ignore[override]
+        return int(settings.NUDGE_BATCH_MAX_BYTES)
 
     @extend_schema(
         request=EventBatchSerializer,

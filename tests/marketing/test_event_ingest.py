@@ -262,3 +262,32 @@ def test_invalid_body_is_refused_with_400_naming_the_field(client, body, field):
     elif field is not None:
         assert field in answer["errors"], answer
     assert nothing_written()
+
+
+def test_a_cart_of_another_customer_is_refused_and_nothing_is_written(client):
+    cart = {"id": "c_1", "total": "10.00", "currency": "EUR"}
+    assert (
+        post_signed(client, "/api/events/", event("e1", "checkout_started", cart=cart)).status_code
+        == 202
+    )
+
+    response = post_signed(
+        client, "/api/events/", event("e2", "checkout_started", user_id="u_2", cart=cart)
+    )
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"cart": {"id": ["cart c_1 belongs to another customer"]}}
+    assert not Event.objects.filter(event_id="e2").exists()
+    assert not Customer.objects.filter(external_id="u_2").exists()
+
+
+def test_size_limits_follow_the_settings_at_request_time(client, settings):
+    settings.NUDGE_EVENT_MAX_BYTES = 100
+    assert post_signed(client, "/api/events/", event()).status_code == 413
+
+    settings.NUDGE_BATCH_MAX_EVENTS = 2
+    response = post_signed(
+        client, "/api/events/batch/", {"events": [event("a"), event("b"), event("c")]}
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"]["events"] == ["at most 2 events per batch"]

@@ -91,7 +91,9 @@ def test_cart_saved_through_services_records_checkout_started_like_the_webhook(
             items=cart["items"],
         )
     post_signed(
-        client, "/api/events/", webhook_event_like_host(event_type="checkout_started", cart=cart)
+        client,
+        "/api/events/",
+        webhook_event_like_host(event_type="checkout_started", user_id="u_host", cart=cart),
     )
 
     host = Event.objects.get(source=Event.Source.HOST, type="checkout_started")
