@@ -1,4 +1,4 @@
-"""The benchmark of issue 4: dispatch, naive baseline, raw claim limit, ingest, cancel,
+"""The benchmark of issues 4 and 5: dispatch, naive baseline, raw claim limit, ingest, cancel,
 flatness and worker memory, in one run against the PostgreSQL that scripts/services.sh
 started. Run it with `make bench` (README, "Performance and tuning").
 
