@@ -1,4 +1,4 @@
-"""The benchmark of issue 4: dispatch, naive baseline, raw claim limit, ingest, cancel,
+"""The benchmark of issues 4 and 5: dispatch, naive baseline, raw claim limit, ingest, cancel,
 flatness and worker memory, in one run against the PostgreSQL that scripts/services.sh
 started. Run it with `make bench` (README, "Performance and tuning").
 
@@ -88,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="only the --pending level (flat ratios are then nan)",
     )
+    parser.add_argument(
+        "--media-images",
+        type=int,
+        default=100,
+        help="large images saturating the media cluster in the media scenario (issue 5: 500)",
+    )
+    parser.add_argument("--skip-media", action="store_true", help="no media scenario (nan)")
     parser.add_argument("--keep", metavar="DIR", help="keep process logs in DIR")
     return parser.parse_args(argv)
 
@@ -107,6 +114,7 @@ def prepare_environment(args: argparse.Namespace, work: Path) -> None:
             "NUDGE_EMAIL_CHANNEL": "bench.channels.CountingChannel",
             "NUDGE_SMS_CHANNEL": "bench.channels.CountingChannel",
             "NUDGE_BENCH_CALLS_DIR": str(calls),
+            "MEDIA_ROOT": str(work / "media"),
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         }
@@ -837,6 +845,7 @@ def main(argv: list[str] | None = None) -> None:
     django.setup()
     from django.core.management import call_command
 
+    from bench import media
     from journeys import services
     from journeys.models import Journey
 
@@ -877,6 +886,9 @@ def main(argv: list[str] | None = None) -> None:
         large = level(args.pending, args, journey, step, work, logs)
         log(f"cancel: {args.cancel_samples} payments among {args.pending} pending sends")
         cancel_ms = cancel_round(args.cancel_samples, f"{RUN}bg", created, f"{RUN}cancel")
+        media_figures = None
+        if not args.skip_media:
+            media_figures = media.run(args, journey, step, f"{RUN}media", Processes(logs))
         sent, calls = verify_exactly_once(work / "calls", first_id)
         log(f"verified: {sent} sends sent, {calls} provider calls, each exactly once")
     finally:
@@ -950,6 +962,12 @@ def main(argv: list[str] | None = None) -> None:
     for name, small_value, large_value in rows:
         cells = [v if isinstance(v, str) else fmt(v) for v in (small_value, large_value)]
         print(f"| {name} | {cells[0]} | {cells[1]} |")
+    if media_figures:
+        print()
+        print(f"| media scenario ({args.pending:,} pending, one run) | |")
+        print("| --- | ---: |")
+        for name, value in media.table_rows(media_figures, args.steady_rate):
+            print(f"| {name} | {value} |")
     print()
     # Same-run ratios, each the median over runs of a ratio measured within one run. Flatness
     # compares two levels measured minutes apart, so it is normalised too: dispatch by CPU time
@@ -972,6 +990,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"BENCH cancel pending={args.pending} p50_ms={fmt(cancel_p50)} p99_ms={fmt(cancel_p99)}")
     print(f"BENCH flat dispatch_ratio={fmt(dispatch_flat)} ingest_ratio={fmt(ingest_flat)}")
     print(f"BENCH memory worker_peak_rss_mb={fmt(max(m['rss_mb'], s.get('rss_mb', 0)))}")
+    print(media.bench_line(media_figures, 0 if args.skip_media else args.media_images))
 
 
 def _triple(figures: dict[str, float], kind: str) -> str:

@@ -99,12 +99,12 @@ def run_media_bench(
     With cleanup, the rows and files it created are deleted afterwards.
     """
     processes = processes or int(_media_conf("workers", os.cpu_count() or 1))
-    originals = _generate(
+    originals = generate_originals(
         distinct=max(1, min(distinct, images)), width=width, height=height, processes=processes
     )
     work = [originals[i % len(originals)] for i in range(images)]
 
-    raw_before = _raw_pillow_seconds(work, processes=processes)
+    raw_before = raw_pillow_seconds(work, processes=processes)
 
     ids = [
         services.image_upload(file=SimpleUploadedFile(f"bench-{i}.jpg", data)).pk
@@ -117,7 +117,7 @@ def run_media_bench(
         wall = time.perf_counter() - started
         # Raw Pillow runs before and after the cluster and the mean is used, so a change in
         # the machine's load during the run does not favour either side.
-        raw_after = _raw_pillow_seconds(work, processes=processes)
+        raw_after = raw_pillow_seconds(work, processes=processes)
         rows = UploadedImage.objects.filter(pk__in=ids)
         span = rows.aggregate(first=Min("claimed_at"), last=Max("processed_at"))
         cluster_seconds = (span["last"] - span["first"]).total_seconds()
@@ -145,7 +145,8 @@ def run_media_bench(
                 image.delete()
 
 
-def _raw_pillow_seconds(work: list[bytes], *, processes: int) -> float:
+def raw_pillow_seconds(work: list[bytes], *, processes: int) -> float:
+    """Wall time of plain Pillow compressing `work` in a pool of `processes` (after a warm-up)."""
     conf = compression_settings()
     with get_context("spawn").Pool(processes) as pool:
         pool.map(raw_pillow_compress, [(data, conf) for data in work[:processes]])  # warm up
@@ -154,7 +155,8 @@ def _raw_pillow_seconds(work: list[bytes], *, processes: int) -> float:
         return time.perf_counter() - started
 
 
-def _generate(*, distinct: int, width: int, height: int, processes: int) -> list[bytes]:
+def generate_originals(*, distinct: int, width: int, height: int, processes: int) -> list[bytes]:
+    """`distinct` camera-like JPEGs of width x height, generated in a pool of `processes`."""
     with get_context("spawn").Pool(processes) as pool:
         return pool.map(generate_photo, [(width, height, seed) for seed in range(distinct)])
 
