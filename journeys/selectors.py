@@ -53,15 +53,6 @@ def journeys_all() -> list[Journey]:
     return cache.journeys
 
 
-def journeys_triggered_by(event_type: str) -> list[Journey]:
-    return [j for j in journeys_all() if j.active and j.trigger == event_type]
-
-
-def journeys_exited_by(event_type: str) -> list[Journey]:
-    """Journeys (active or not: deactivating must not resurrect sends) that `event_type` exits."""
-    return [j for j in journeys_all() if event_type in j.exit_on]
-
-
 def known_event_types() -> set[str]:
     """Types a journey may use: built-in, configured, and any type already received."""
     seen = Event.objects.values_list("type", flat=True).distinct()
@@ -80,12 +71,26 @@ def exit_event_since(
     types = list(exit_types)
     if not types:
         return None
-    events = Event.objects.filter(customer_id=customer_id, type__in=types, occurred_at__gte=since)
-    if cart_external_id is not None:
-        events = events.filter(payload__payment__cart_id=cart_external_id)
+    events = Event.objects.filter(
+        customer_id=customer_id, type__in=types, occurred_at__gte=since
+    ).order_by("occurred_at", "pk")
     if exclude_event_id is not None:
         events = events.exclude(pk=exclude_event_id)
-    return events.order_by("occurred_at").first()
+    if cart_external_id is None:
+        return events.first()
+    return next((e for e in events if exit_cart_id(e) == cart_external_id), None)
+
+
+def exit_cart_id(event: Event) -> str | None:
+    """The cart an exit event is about, for journeys whose exit scope is the cart: the
+    payment's cart, else the event's own cart. The one rule for cancelling, enrolling and
+    dispatching."""
+    payload = event.payload if isinstance(event.payload, dict) else {}
+    for key, name in (("payment", "cart_id"), ("cart", "id")):
+        part = payload.get(key)
+        if isinstance(part, dict) and part.get(name):
+            return str(part[name])
+    return None
 
 
 def scheduled_sends(

@@ -46,6 +46,7 @@ def describe_event(event: Event) -> str:
 
 
 def _event_cart_id(event: Event) -> str | None:
+    """The cart a trigger event is about (its cart, else its payment's cart)."""
     payload = event.payload if isinstance(event.payload, dict) else {}
     for key, field in (("cart", "id"), ("payment", "cart_id")):
         if isinstance(payload.get(key), dict) and payload[key].get(field):
@@ -86,7 +87,7 @@ def scheduled_send_cancel_for_exit(*, event: Event, journeys: list[Journey]) -> 
             trigger_occurred_at__lte=event.occurred_at,
         )
         if scope == Journey.ExitScope.CART:
-            cart_id = _event_cart_id(event)
+            cart_id = selectors.exit_cart_id(event)
             if cart_id is None:
                 continue
             sends = sends.filter(cart__external_id=cart_id)
@@ -355,17 +356,11 @@ def _exit_events_for(sends: list[ScheduledSend]) -> dict[int, Event]:
         for event in by_customer.get(send.customer_id, ()):
             if event.type not in journey.exit_on or event.occurred_at < send.trigger_occurred_at:
                 continue
-            if cart_id is not None and _payment_cart_id(event) != cart_id:
+            if cart_id is not None and selectors.exit_cart_id(event) != cart_id:
                 continue
             found[send.pk] = event
             break
     return found
-
-
-def _payment_cart_id(event: Event) -> str | None:
-    payload = event.payload if isinstance(event.payload, dict) else {}
-    payment = payload.get("payment")
-    return payment.get("cart_id") if isinstance(payment, dict) else None
 
 
 def _recipient(send: ScheduledSend) -> str:
