@@ -6,6 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.functional import cached_property
 
 from journeys import selectors, services
 from journeys.models import Journey, JourneyStep, ScheduledSend
@@ -31,16 +32,21 @@ class JourneyForm(forms.ModelForm):
         if self.instance.pk and isinstance(self.instance.exit_on, list):
             self.initial["exit_on"] = ", ".join(self.instance.exit_on)
 
+    @cached_property
+    def known_event_types(self) -> set[str]:
+        """Read once per form: it scans the distinct types of the event log."""
+        return selectors.known_event_types()
+
     def clean_trigger(self) -> str:
         value = self.cleaned_data["trigger"].strip()
-        if problem := event_type_problem(value, selectors.known_event_types()):
+        if problem := event_type_problem(value, self.known_event_types):
             raise forms.ValidationError(problem)
         return value
 
     def clean_exit_on(self) -> list[str]:
         values = [v.strip() for v in (self.cleaned_data.get("exit_on") or "").split(",")]
         values = [v for v in values if v]
-        known = selectors.known_event_types()
+        known = self.known_event_types
         problems = [p for v in values if (p := event_type_problem(v, known))]
         if problems:
             raise forms.ValidationError(problems)
