@@ -11,6 +11,7 @@ from journeys.models import ScheduledSend
 from marketing.api.serializers import EventSerializer
 from marketing.models import Event
 from marketing.services import IngestResult, event_ingest
+from tests.webhook_client import event
 
 
 def iso(moment: datetime) -> str:
@@ -31,19 +32,8 @@ def make_event(
     payment: str | None = None,
     **user_fields: Any,
 ) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "id": event_id,
-        "type": event_type,
-        "occurred_at": iso(at),
-        "user": {
-            "id": user,
-            "email": f"{user}@example.com",
-            "phone": "+14155550101",
-            "first_name": "Ana",
-            "timezone": "Europe/Berlin",
-            **user_fields,
-        },
-    }
+    payload = event(event_id, event_type, user_id=user, occurred_at=iso(at))
+    payload["user"].update(user_fields)
     if cart:
         payload["cart"] = {
             "id": cart,

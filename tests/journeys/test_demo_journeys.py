@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from journeys import services
 from journeys.models import ScheduledSend
 from tests.journeys.conftest import dispatch_due, ingest, make_event, minutes_ago, sends
 
@@ -90,11 +91,15 @@ def test_payment_that_occurred_before_the_trigger_does_not_exit():
 
 def test_payment_between_due_and_a_late_dispatch_still_stops_the_send():
     ingest(make_event("evt_1", "user_registered", at=minutes_ago(40)))
-    claimed_late = dispatch_due  # the payment lands before any worker ran
+    claimed = services.scheduled_sends_claim_due(limit=10)  # due 10 min ago, handed out
+    assert len(claimed) == 2
+    # the payment occurred after the due time, and commits before any worker ran
     ingest(make_event("evt_2", "payment_finished", at=minutes_ago(1), cart="c_1", payment="p_1"))
 
-    assert claimed_late() == {}
+    assert [services.scheduled_send_dispatch(send_id=pk) for pk in claimed] == ["noop", "noop"]
+    assert dispatch_due() == {}
     assert {s.status for s in sends()} == {Status.CANCELLED}
+    assert {s.reason for s in sends()} == {"cancelled by payment p_1"}
 
 
 def test_several_checkouts_produce_one_reminder_about_the_latest_cart():
