@@ -256,3 +256,11 @@ NUDGE_SEND_LEASE_SECONDS = env.int("NUDGE_SEND_LEASE_SECONDS", default=120)
 NUDGE_JOURNEY_CACHE_SECONDS = env.float("NUDGE_JOURNEY_CACHE_SECONDS", default=5.0)
 # A send is marked failed after this many attempts.
 NUDGE_SEND_MAX_ATTEMPTS = env.int("NUDGE_SEND_MAX_ATTEMPTS", default=5)
+# Stored events are applied to journeys (enrolments) by the messaging workers: the ticker
+# hands them out in tasks of this many ids, and hands an event out again when its worker has
+# not finished after the lease; an event whose application failed NUDGE_SEND_MAX_ATTEMPTS
+# times stays unapplied, with its error (admin, event log).
+NUDGE_APPLY_CHUNK = env.int("NUDGE_APPLY_CHUNK", default=50)
+NUDGE_APPLY_LEASE_SECONDS = env.int("NUDGE_APPLY_LEASE_SECONDS", default=120)
+# The ticker hands out events only while fewer tasks than this wait in the messaging queue.
+NUDGE_APPLY_QUEUE_LIMIT = env.int("NUDGE_APPLY_QUEUE_LIMIT", default=20)

@@ -6,15 +6,22 @@ from typing import Any
 
 from journeys import services
 from marketing.models import Event
-from marketing.signals import event_recorded
+from marketing.signals import event_applying, events_stored
+
+
+def cancel_on_exit(sender: type, events: list[Event], **kwargs: Any) -> None:
+    """Inside the transaction that stores the events (see marketing.signals): a payment's
+    cancellation locks the sends it cancels before the payment commits, so a racing
+    dispatch either sees it or finishes first."""
+    services.events_exits_apply(events=events)
 
 
 def apply_event(sender: type, event: Event, **kwargs: Any) -> None:
-    """Inside the event's transaction (see marketing.signals): enrolments and cancellations
-    commit with the event, and a payment's cancellation locks the sends it cancels before
-    the payment commits, so a racing dispatch either sees it or finishes first."""
+    """On a messaging worker, with the customer locked: exits again (sends enrolled since
+    the event was stored), then enrolments."""
     services.event_apply(event=event)
 
 
 def connect() -> None:
-    event_recorded.connect(apply_event, sender=Event, dispatch_uid="journeys-apply-event")
+    events_stored.connect(cancel_on_exit, sender=Event, dispatch_uid="journeys-cancel-on-exit")
+    event_applying.connect(apply_event, sender=Event, dispatch_uid="journeys-apply-event")

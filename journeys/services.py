@@ -57,9 +57,75 @@ def _event_cart_id(event: Event) -> str | None:
 # --- events in ------------------------------------------------------------------------------
 
 
+def events_exits_apply(*, events: list[Event]) -> int:
+    """The cancellations newly stored events cause as exit events; runs inside the
+    transaction that stores them. Returns how many sends were cancelled.
+
+    One event: one indexed UPDATE per exit scope. Many (a batch, on PostgreSQL): one UPDATE
+    per group of journeys exited, over all the group's events at once.
+    """
+    journeys = selectors.journeys_all()
+    exiting: list[tuple[Event, list[Journey]]] = []
+    for event in events:
+        exited = [j for j in journeys if event.type in j.exit_on]
+        if exited and event.customer_id is not None:
+            exiting.append((event, exited))
+    if len(exiting) <= 1 or connection.vendor != "postgresql":
+        return sum(
+            scheduled_send_cancel_for_exit(event=event, journeys=exited)
+            for event, exited in exiting
+        )
+    groups: dict[tuple[str, tuple[int, ...]], list[Event]] = {}
+    for event, exited in exiting:
+        for scope in {j.exit_scope for j in exited}:
+            ids = tuple(sorted(j.pk for j in exited if j.exit_scope == scope))
+            groups.setdefault((scope, ids), []).append(event)
+    cancelled = 0
+    with connection.cursor() as cursor:
+        for (scope, journey_ids), group in groups.items():
+            if scope == Journey.ExitScope.CART:
+                group = [e for e in group if selectors.exit_cart_id(e) is not None]
+            if not group:
+                continue
+            params: list[Any] = [
+                [e.customer_id for e in group],
+                [e.occurred_at for e in group],
+                [f"cancelled by {describe_event(e)}" for e in group],
+                [selectors.exit_cart_id(e) or "" for e in group],
+                list(journey_ids),
+            ]
+            sql = _CANCEL_CART_SQL if scope == Journey.ExitScope.CART else _CANCEL_SQL
+            cursor.execute(sql, params)
+            cancelled += cursor.rowcount
+    return cancelled
+
+
+# Exit events of a batch (PostgreSQL): the customer's active sends in the exited journeys whose
+# trigger occurred no later than the exit event; by the (customer) index of active sends.
+_CANCEL_SQL = """
+UPDATE journeys_scheduledsend s
+   SET status = 'cancelled', reason = v.reason, updated_at = now()
+  FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[])
+       AS v(customer_id, occurred_at, reason, cart_id)
+ WHERE s.customer_id = v.customer_id AND s.status IN ('pending', 'sending')
+   AND s.journey_id = ANY(%s::bigint[]) AND s.trigger_occurred_at <= v.occurred_at
+"""
+_CANCEL_CART_SQL = """
+UPDATE journeys_scheduledsend s
+   SET status = 'cancelled', reason = v.reason, updated_at = now()
+  FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[])
+       AS v(customer_id, occurred_at, reason, cart_id),
+       marketing_cart c
+ WHERE s.customer_id = v.customer_id AND s.status IN ('pending', 'sending')
+   AND s.journey_id = ANY(%s::bigint[]) AND s.trigger_occurred_at <= v.occurred_at
+   AND c.id = s.cart_id AND c.external_id = v.cart_id
+"""
+
+
 def event_apply(*, event: Event) -> None:
-    """What one recorded event means for journeys: first the exits it causes, then the
-    enrolments. Runs inside the event's transaction, with the customer row locked."""
+    """What one stored event means for journeys: first the exits it causes (again: sends
+    enrolled since it was stored), then the enrolments. Runs in services.events_apply's
+    transaction, with the customer row locked."""
     if event.customer_id is None:
         return
     journeys = selectors.journeys_all()

@@ -1,8 +1,10 @@
-"""The ticker: turns due ScheduledSend rows into django-q2 dispatch tasks.
+"""The ticker: turns due ScheduledSend rows into django-q2 dispatch tasks, and stored events
+into tasks that apply them to journeys.
 
-The table is the timer (a partial index on due_at of pending rows); the ticker only claims
-what is due, in batches, and enqueues chunks of ids. Any number of tickers may run on any
-number of machines (claims use FOR UPDATE SKIP LOCKED); one is enough for most sites.
+The tables are the queues (a partial index on due_at of pending sends, one on the events not
+applied yet); the ticker only claims what is due, in batches, and enqueues chunks of ids. Any
+number of tickers may run on any number of machines (claims use FOR UPDATE SKIP LOCKED); one
+is enough for most sites.
 """
 
 from __future__ import annotations
@@ -15,13 +17,33 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import OperationalError, close_old_connections
+from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from journeys import services
+from marketing import services as marketing_services
 
 logger = logging.getLogger(__name__)
 
 DISPATCH_TASK = "journeys.tasks.scheduled_sends_dispatch"
+APPLY_TASK = "marketing.tasks.events_apply"
+
+
+def _queue_size() -> int:
+    """Tasks waiting in the messaging queue, not yet taken by a worker."""
+    return int(get_broker(settings.Q_CLUSTER["cluster_name"]).queue_size() or 0)
+
+
+def enqueue_apply(event_ids: list[int]) -> None:
+    chunk = settings.NUDGE_APPLY_CHUNK
+    for start in range(0, len(event_ids), chunk):
+        async_task(
+            APPLY_TASK,
+            event_ids[start : start + chunk],
+            group="apply",
+            cluster=settings.Q_CLUSTER["cluster_name"],
+            save=False,  # the events' applied_at is the record
+        )
 
 
 def enqueue_dispatch(send_ids: list[int]) -> None:
@@ -39,8 +61,20 @@ def enqueue_dispatch(send_ids: list[int]) -> None:
 
 
 def tick() -> int:
-    """Claim and enqueue everything due now (and recover stuck sends); returns how many."""
+    """Claim and enqueue the events to apply and everything due now (and recover stuck
+    sends); returns how many ids were handed out."""
     handed_out = 0
+    # Events: one batch per tick, and only while the workers keep up with the queue, so a
+    # backlog waits in the event table (claimable again) rather than in the broker, where
+    # its leases would run out before a worker got to it.
+    if _queue_size() < settings.NUDGE_APPLY_QUEUE_LIMIT:
+        events = marketing_services.events_claim_unapplied(
+            limit=settings.NUDGE_CLAIM_BATCH,
+            lease=timedelta(seconds=settings.NUDGE_APPLY_LEASE_SECONDS),
+        )
+        if events:
+            enqueue_apply(events)
+            handed_out += len(events)
     recovered = services.scheduled_sends_recover(
         lease=timedelta(seconds=settings.NUDGE_SEND_LEASE_SECONDS),
         limit=settings.NUDGE_CLAIM_BATCH,

@@ -115,8 +115,16 @@ class PaymentAdmin(admin.ModelAdmin):
 class EventAdmin(admin.ModelAdmin):
     """The event log is evidence of what happened: read-only for everyone."""
 
-    list_display = ["event_id", "type", "source", "customer", "occurred_at", "received_at"]
-    list_filter = ["source", "type", "occurred_at", "received_at"]
+    list_display = [
+        "event_id",
+        "type",
+        "source",
+        "customer",
+        "occurred_at",
+        "received_at",
+        "applied_at",
+    ]
+    list_filter = ["source", "type", ("applied_at", admin.EmptyFieldListFilter), "received_at"]
     search_fields = ["event_id", "type", "customer__external_id", "customer__email"]
     list_select_related = ["customer"]
     date_hierarchy = "received_at"
@@ -127,6 +135,9 @@ class EventAdmin(admin.ModelAdmin):
         "customer",
         "occurred_at",
         "received_at",
+        "applied_at",
+        "apply_attempts",
+        "apply_error",
         "body_sha256",
         "payload_pretty",
     )

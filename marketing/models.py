@@ -97,6 +97,14 @@ class Event(models.Model):
     received_at = models.DateTimeField(default=now)
     payload = models.JSONField()
     body_sha256 = models.CharField(max_length=64)
+    # What an event means for journeys (enrolments) is applied after it is stored, by the
+    # ticker and the messaging workers (services.events_apply); until then applied_at is null.
+    # apply_claimed_at is the lease of the worker applying it; apply_attempts and apply_error
+    # count and explain failed applications.
+    applied_at = models.DateTimeField(null=True, blank=True)
+    apply_claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    apply_attempts = models.PositiveSmallIntegerField(default=0, editable=False)
+    apply_error = models.TextField(blank=True, editable=False)
 
     class Meta:
         ordering = ["-received_at"]
@@ -106,6 +114,10 @@ class Event(models.Model):
         indexes = [
             models.Index(
                 fields=["customer", "type", "occurred_at"], name="event_customer_type_time"
+            ),
+            # the events still to apply, in arrival order: small, whatever the log's size
+            models.Index(
+                fields=["id"], condition=models.Q(applied_at__isnull=True), name="event_unapplied"
             ),
         ]
 

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import hashlib
 import json
-from collections.abc import Iterator
+import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Now
+from django.utils import timezone
 
 from marketing.models import Cart, Customer, Event, EventType, Payment
-from marketing.signals import event_recorded
+from marketing.signals import event_applying, events_stored
 
-# Set while event ingestion writes customers, carts and payments, so the host-save adapters
-# (receivers.py) do not record a second event for the same change.
-_ingesting: contextvars.ContextVar[bool] = contextvars.ContextVar("nudge_ingesting", default=False)
+logger = logging.getLogger(__name__)
 
 
 class CartOwnedByAnotherCustomer(Exception):
@@ -63,19 +62,6 @@ def event_result(event: Event) -> dict[str, Any]:
         "occurred_at": event.occurred_at.isoformat().replace("+00:00", "Z"),
         "received_at": event.received_at.isoformat().replace("+00:00", "Z"),
     }
-
-
-def is_ingesting() -> bool:
-    return _ingesting.get()
-
-
-@contextlib.contextmanager
-def _ingesting_context() -> Iterator[None]:
-    token = _ingesting.set(True)
-    try:
-        yield
-    finally:
-        _ingesting.reset(token)
 
 
 # --- customers, carts, payments --------------------------------------------------------------
@@ -189,66 +175,488 @@ def payment_upsert(
 
 
 # --- events ---------------------------------------------------------------------------------
+#
+# Ingestion is the webhook's hot path, so it is a handful of single-statement upserts (the
+# same SQL on PostgreSQL and SQLite >= 3.35), not ORM get-or-create round trips: the event,
+# the customer's profile, the cart or payment it carries, and, through `events_stored`, the
+# cancellations an exit event causes. What the event means for journeys (enrolments) is
+# applied afterwards by events_apply, from the messaging workers (see journeys.ticker).
+
+# Fields an event leaves out (None) are kept: the new customer gets the default, the known
+# customer keeps its value. An event older than the profile's last update changes nothing.
+_CUSTOMER_SQL = """
+INSERT INTO marketing_customer
+       (external_id, email, phone, first_name, timezone, consent_email, consent_sms,
+        profile_as_of, created_at, updated_at)
+VALUES (%(id)s, COALESCE(%(email)s, ''), COALESCE(%(phone)s, ''), COALESCE(%(first_name)s, ''),
+        COALESCE(%(timezone)s, 'UTC'), COALESCE(%(consent_email)s, TRUE),
+        COALESCE(%(consent_sms)s, TRUE), %(as_of)s, %(now)s, %(now)s)
+ON CONFLICT (external_id) DO UPDATE
+   SET email = COALESCE(%(email)s, marketing_customer.email),
+       phone = COALESCE(%(phone)s, marketing_customer.phone),
+       first_name = COALESCE(%(first_name)s, marketing_customer.first_name),
+       timezone = COALESCE(%(timezone)s, marketing_customer.timezone),
+       consent_email = COALESCE(%(consent_email)s, marketing_customer.consent_email),
+       consent_sms = COALESCE(%(consent_sms)s, marketing_customer.consent_sms),
+       profile_as_of = excluded.profile_as_of, updated_at = excluded.updated_at
+ WHERE marketing_customer.profile_as_of IS NULL
+    OR marketing_customer.profile_as_of <= excluded.profile_as_of
+RETURNING id
+"""
+
+
+def _db_datetime(value: datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _customer_store(*, user: dict[str, Any], as_of: datetime) -> int:
+    """Insert or update the event's customer and return its id, in one statement. The
+    upsert locks the row until commit, which serialises what happens to one customer."""
+    consent = user.get("consent") or {}
+    params = {
+        "id": user["id"],
+        "email": user.get("email"),
+        "phone": user.get("phone"),
+        "first_name": user.get("first_name"),
+        "timezone": user.get("timezone"),
+        "consent_email": consent.get("email"),
+        "consent_sms": consent.get("sms"),
+        "as_of": _db_datetime(as_of),
+        "now": _db_datetime(timezone.now()),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_CUSTOMER_SQL, params)
+        row = cursor.fetchone()
+        if row is None:  # the stored profile is newer than this event: it stays
+            cursor.execute("SELECT id FROM marketing_customer WHERE external_id = %s", [user["id"]])
+            row = cursor.fetchone()
+    return int(row[0])
+
+
+_CART_SQL = """
+INSERT INTO marketing_cart
+       (external_id, customer_id, total, currency, checkout_url, items, created_at, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (external_id) DO UPDATE
+   SET total = excluded.total, currency = excluded.currency,
+       checkout_url = excluded.checkout_url, items = excluded.items,
+       updated_at = excluded.updated_at
+ WHERE marketing_cart.customer_id = excluded.customer_id
+RETURNING id
+"""
+
+_PAYMENT_SQL = """
+INSERT INTO marketing_payment
+       (external_id, customer_id, cart_id, amount, currency, discount_code, created_at)
+VALUES (%s, %s, (SELECT id FROM marketing_cart WHERE external_id = %s AND customer_id = %s),
+        %s, %s, %s, %s)
+ON CONFLICT (external_id) DO NOTHING
+"""
+
+_EVENT_SQL = """
+INSERT INTO marketing_event
+       (source, event_id, type, customer_id, occurred_at, received_at, payload, body_sha256,
+        applied_at, apply_claimed_at, apply_attempts, apply_error)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, NULL, NULL, 0, '')
+ON CONFLICT (source, event_id) DO NOTHING
+RETURNING id
+"""
+
+
+def _cart_store(*, customer_id: int, cart: dict[str, Any]) -> None:
+    """Insert or update the cart; a cart id that belongs to another customer is refused
+    (a shop's cart ids are unique: moving one would rewrite another customer's history)."""
+    now = _db_datetime(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CART_SQL,
+            [
+                cart["id"],
+                customer_id,
+                cart["total"],
+                cart["currency"],
+                cart.get("checkout_url") or "",
+                json.dumps(cart.get("items") or []),
+                now,
+                now,
+            ],
+        )
+        if cursor.fetchone() is None:
+            raise CartOwnedByAnotherCustomer(f"cart {cart['id']} belongs to another customer")
+
+
+def _payment_store(*, customer_id: int, payment: dict[str, Any]) -> None:
+    """Insert the payment once; its cart is linked when the customer's cart is known."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _PAYMENT_SQL,
+            [
+                payment["id"],
+                customer_id,
+                payment.get("cart_id"),
+                customer_id,
+                payment["amount"],
+                payment["currency"],
+                payment.get("discount_code") or "",
+                _db_datetime(timezone.now()),
+            ],
+        )
 
 
 @transaction.atomic
 def event_ingest(*, source: str, data: dict[str, Any], payload: dict[str, Any]) -> IngestResult:
-    """Record one validated event (webhook or batch item), idempotently, with its effects.
+    """Record one validated event (webhook or batch item), idempotently.
 
-    `data` is the serializer's validated data, `payload` the event as received (stored as is).
-    A repeat of a known id with the same content returns the stored event (created=False);
-    with other content it raises EventConflict. Concurrent deliveries of one id produce one
-    event and one effect: the unique constraint makes the later ones wait and find it.
+    `data` is the validated event, `payload` the event as received (stored as is). A repeat
+    of a known id with the same content returns the stored event (created=False); with other
+    content it raises EventConflict. Concurrent deliveries of one id produce one event: the
+    unique constraint makes the later ones wait and find it.
+
+    Committed together: the event, the customer's profile, the cart or payment, and what
+    `events_stored` receivers do (a payment's cancellations). Enrolments follow, applied by
+    events_apply once the event is committed.
     """
     body_sha256 = canonical_sha256(payload)
-    existing = Event.objects.filter(source=source, event_id=data["id"]).first()
-    if existing is not None:
-        return _repeat(existing, body_sha256)
-
-    user = data["user"]
-    with _ingesting_context():
-        consent = user.get("consent") or {}
-        customer = customer_upsert(
-            external_id=user["id"],
-            as_of=data["occurred_at"],
-            email=user.get("email"),
-            phone=user.get("phone"),
-            first_name=user.get("first_name"),
-            timezone_name=user.get("timezone"),
-            consent_email=consent.get("email"),
-            consent_sms=consent.get("sms"),
+    # No look-up first: a repeat finds the stored event on insert, and its upsert of the
+    # customer is rolled back.
+    customer_id = _customer_store(user=data["user"], as_of=data["occurred_at"])
+    received_at = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _EVENT_SQL,
+            [
+                source,
+                data["id"],
+                data["type"],
+                customer_id,
+                _db_datetime(data["occurred_at"]),
+                _db_datetime(received_at),
+                json.dumps(payload),
+                body_sha256,
+            ],
         )
-        event = _event_insert(
+        row = cursor.fetchone()
+    if row is None:  # a repeat, or a concurrent delivery of the same id committed first
+        existing = Event.objects.get(source=source, event_id=data["id"])
+        transaction.set_rollback(True)  # a repeat changes nothing, not even updated_at
+        return _repeat(existing, body_sha256)
+    if cart := data.get("cart"):
+        _cart_store(customer_id=customer_id, cart=cart)
+    if payment := data.get("payment"):
+        _payment_store(customer_id=customer_id, payment=payment)
+    event = Event(
+        pk=row[0],
+        source=source,
+        event_id=data["id"],
+        type=data["type"],
+        customer_id=customer_id,
+        occurred_at=data["occurred_at"],
+        received_at=received_at,
+        payload=payload,
+        body_sha256=body_sha256,
+    )
+    events_stored.send(sender=Event, events=[event])
+    return IngestResult(event=event, created=True)
+
+
+BatchOutcome = IngestResult | EventConflict | CartOwnedByAnotherCustomer
+
+
+def events_ingest_batch(
+    *, source: str, items: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> list[BatchOutcome]:
+    """Record validated events (data, payload) at once, one outcome per item, in order: what
+    event_ingest would have returned or raised for each, had they come one by one.
+
+    On PostgreSQL the batch is stored with a few set-based statements (one per table, not one
+    per event); a refused item (conflict, someone else's cart) leaves the others intact. If
+    a concurrent writer gets in the way of the set-based pass, the batch is stored item by
+    item instead, with the same outcomes. Call it inside a transaction.
+    """
+    if connection.vendor == "postgresql" and len(items) > 1:
+        savepoint = transaction.savepoint()
+        try:
+            at_once = _batch_store(source, items)
+        except _BatchRaced:
+            transaction.savepoint_rollback(savepoint)
+        else:
+            transaction.savepoint_commit(savepoint)
+            return at_once
+    # item by item, in customer order, so that two concurrent batches lock customers in the
+    # same order; the outcomes are given back in the items' order
+    outcomes: dict[int, BatchOutcome] = {}
+    for index in sorted(range(len(items)), key=lambda i: items[i][0]["user"]["id"]):
+        outcomes[index] = _ingest_or_refusal(source, *items[index])
+    return [outcomes[index] for index in range(len(items))]
+
+
+def _ingest_or_refusal(source: str, data: dict[str, Any], payload: dict[str, Any]) -> BatchOutcome:
+    try:
+        return event_ingest(source=source, data=data, payload=payload)
+    except (EventConflict, CartOwnedByAnotherCustomer) as exc:
+        return exc
+
+
+class _BatchRaced(Exception):
+    """A concurrent transaction stored one of the batch's events or carts first."""
+
+
+# Every customer of the batch, in one order (so concurrent batches never deadlock): a new
+# one is inserted with the profile of its first event, a known one is only locked (the no-op
+# update), to be updated next. `xmax = 0` tells the inserted rows.
+_BATCH_CUSTOMERS_UPSERT_SQL = """
+INSERT INTO marketing_customer
+       (external_id, email, phone, first_name, timezone, consent_email, consent_sms,
+        profile_as_of, created_at, updated_at)
+SELECT id, COALESCE(email, ''), COALESCE(phone, ''), COALESCE(first_name, ''),
+       COALESCE(timezone, 'UTC'), COALESCE(consent_email, TRUE), COALESCE(consent_sms, TRUE),
+       as_of, %s, %s
+  FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],
+              %s::boolean[], %s::timestamptz[])
+       AS v(id, email, phone, first_name, timezone, consent_email, consent_sms, as_of)
+ ORDER BY id
+ON CONFLICT (external_id) DO UPDATE SET external_id = excluded.external_id
+RETURNING external_id, id, xmax = 0
+"""
+_BATCH_CUSTOMERS_UPDATE_SQL = """
+UPDATE marketing_customer c
+   SET email = COALESCE(v.email, c.email), phone = COALESCE(v.phone, c.phone),
+       first_name = COALESCE(v.first_name, c.first_name),
+       timezone = COALESCE(v.timezone, c.timezone),
+       consent_email = COALESCE(v.consent_email, c.consent_email),
+       consent_sms = COALESCE(v.consent_sms, c.consent_sms),
+       profile_as_of = v.as_of, updated_at = %s
+  FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],
+              %s::boolean[], %s::timestamptz[])
+       AS v(id, email, phone, first_name, timezone, consent_email, consent_sms, as_of)
+ WHERE c.external_id = v.id AND (c.profile_as_of IS NULL OR c.profile_as_of <= v.as_of)
+"""
+# In the batch's order: ids (the order events are applied in) follow arrival, as one by one.
+# (The customers, locked first, already serialise two batches that share an event.)
+_BATCH_EVENTS_SQL = """
+INSERT INTO marketing_event
+       (source, event_id, type, customer_id, occurred_at, received_at, payload, body_sha256,
+        applied_at, apply_claimed_at, apply_attempts, apply_error)
+SELECT %s, event_id, type, customer_id, occurred_at, %s, payload::jsonb, body_sha256,
+       NULL, NULL, 0, ''
+  FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[], %s::text[], %s::text[])
+       WITH ORDINALITY AS v(event_id, type, customer_id, occurred_at, payload, body_sha256, n)
+ ORDER BY n
+ON CONFLICT (source, event_id) DO NOTHING
+RETURNING id, event_id
+"""
+_BATCH_CARTS_SQL = """
+INSERT INTO marketing_cart
+       (external_id, customer_id, total, currency, checkout_url, items, created_at, updated_at)
+SELECT id, customer_id, total, currency, checkout_url, items::jsonb, %s, %s
+  FROM unnest(%s::text[], %s::bigint[], %s::numeric[], %s::text[], %s::text[], %s::text[])
+       AS v(id, customer_id, total, currency, checkout_url, items)
+ ORDER BY id
+ON CONFLICT (external_id) DO UPDATE
+   SET total = excluded.total, currency = excluded.currency,
+       checkout_url = excluded.checkout_url, items = excluded.items,
+       updated_at = excluded.updated_at
+ WHERE marketing_cart.customer_id = excluded.customer_id
+RETURNING external_id
+"""
+_BATCH_PAYMENTS_SQL = """
+INSERT INTO marketing_payment
+       (external_id, customer_id, cart_id, amount, currency, discount_code, created_at)
+SELECT v.id, v.customer_id, c.id, v.amount, v.currency, v.discount_code, %s
+  FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::numeric[], %s::text[], %s::text[])
+       AS v(id, customer_id, cart_id, amount, currency, discount_code)
+  LEFT JOIN marketing_cart c ON c.external_id = v.cart_id AND c.customer_id = v.customer_id
+ ORDER BY v.id
+ON CONFLICT (external_id) DO NOTHING
+"""
+
+
+def _customer_columns(rows: list[tuple[dict[str, Any], datetime]]) -> list[list[Any]]:
+    """The unnest() arrays of customer profiles: id, the six fields (None = not given), as_of."""
+    columns: list[list[Any]] = [[] for _ in range(8)]
+    for user, as_of in rows:
+        consent = user.get("consent") or {}
+        values = (
+            user["id"],
+            user.get("email"),
+            user.get("phone"),
+            user.get("first_name"),
+            user.get("timezone"),
+            consent.get("email"),
+            consent.get("sms"),
+            as_of,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    return columns
+
+
+def _batch_store(
+    source: str, items: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> list[BatchOutcome]:
+    outcomes: list[BatchOutcome | None] = [None] * len(items)
+    hashes = [canonical_sha256(payload) for _, payload in items]
+    ids = {data["id"] for data, _ in items}
+    stored = {e.event_id: e for e in Event.objects.filter(source=source, event_id__in=ids)}
+    cart_ids = {data["cart"]["id"] for data, _ in items if data.get("cart")}
+    cart_ids |= {data["payment"].get("cart_id") for data, _ in items if data.get("payment")}
+    owners = dict(
+        Cart.objects.filter(external_id__in=cart_ids - {None}).values_list(
+            "external_id", "customer__external_id"
+        )
+    )
+    # In order, as one by one: repeats of stored events, and carts that belong to another
+    # customer (stored, or given to one earlier in this batch) are answered without writing;
+    # an id that an earlier item of the batch takes is answered after the rest.
+    todo: list[int] = []
+    taken: dict[str, int] = {}  # event id: the item that stores it
+    repeated_inside: list[int] = []
+    payment_cart: dict[int, str | None] = {}  # linked if the cart exists by then
+    for index, (data, _) in enumerate(items):
+        user_id = data["user"]["id"]
+        if data["id"] in stored:
+            outcomes[index] = _repeat_or_conflict(stored[data["id"]], hashes[index])
+            continue
+        if data["id"] in taken:
+            repeated_inside.append(index)
+            continue
+        if cart := data.get("cart"):
+            if owners.get(cart["id"], user_id) != user_id:
+                outcomes[index] = CartOwnedByAnotherCustomer(
+                    f"cart {cart['id']} belongs to another customer"
+                )
+                continue
+            owners[cart["id"]] = user_id
+        if payment := data.get("payment"):
+            cart_id = payment.get("cart_id")
+            payment_cart[index] = cart_id if cart_id in owners else None
+        taken[data["id"]] = index
+        todo.append(index)
+    if not todo:
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    now = timezone.now()
+    by_user: dict[str, list[int]] = {}
+    for index in todo:
+        by_user.setdefault(items[index][0]["user"]["id"], []).append(index)
+    users = sorted(by_user)
+    with connection.cursor() as cursor:
+        # a customer with several events in the batch gets them one round at a time, in
+        # order, as if they had come one by one (an older one never overwrites a newer one)
+        customer_ids: dict[str, int] = {}
+        for round_ in range(max(len(indexes) for indexes in by_user.values())):
+            profiles = [
+                (
+                    items[by_user[user][round_]][0]["user"],
+                    items[by_user[user][round_]][0]["occurred_at"],
+                )
+                for user in users
+                if len(by_user[user]) > round_
+            ]
+            created: set[str] = set()
+            if round_ == 0:  # all the batch's customers
+                cursor.execute(
+                    _BATCH_CUSTOMERS_UPSERT_SQL, [now, now, *_customer_columns(profiles)]
+                )
+                for external_id, pk, inserted in cursor.fetchall():
+                    customer_ids[external_id] = pk
+                    if inserted:
+                        created.add(external_id)
+            known = [(user, as_of) for user, as_of in profiles if user["id"] not in created]
+            if known:
+                cursor.execute(_BATCH_CUSTOMERS_UPDATE_SQL, [now, *_customer_columns(known)])
+
+        cursor.execute(
+            _BATCH_EVENTS_SQL,
+            [
+                source,
+                now,
+                [items[i][0]["id"] for i in todo],
+                [items[i][0]["type"] for i in todo],
+                [customer_ids[items[i][0]["user"]["id"]] for i in todo],
+                [items[i][0]["occurred_at"] for i in todo],
+                [json.dumps(items[i][1]) for i in todo],
+                [hashes[i] for i in todo],
+            ],
+        )
+        event_pks = dict((event_id, pk) for pk, event_id in cursor.fetchall())
+        if len(event_pks) != len(todo):
+            raise _BatchRaced  # another delivery of one of these ids committed meanwhile
+
+        last_cart: dict[str, int] = {}  # the last state of each cart wins, as one by one
+        for index in todo:
+            if cart := items[index][0].get("cart"):
+                last_cart[cart["id"]] = index
+        if last_cart:
+            carts = [(items[i][0]["cart"], items[i][0]["user"]["id"]) for i in last_cart.values()]
+            cursor.execute(
+                _BATCH_CARTS_SQL,
+                [
+                    now,
+                    now,
+                    [cart["id"] for cart, _ in carts],
+                    [customer_ids[user] for _, user in carts],
+                    [cart["total"] for cart, _ in carts],
+                    [cart["currency"] for cart, _ in carts],
+                    [cart.get("checkout_url") or "" for cart, _ in carts],
+                    [json.dumps(cart.get("items") or []) for cart, _ in carts],
+                ],
+            )
+            if len(cursor.fetchall()) != len(carts):
+                raise _BatchRaced  # a cart was given to another customer meanwhile
+
+        first_payment: dict[str, int] = {}  # a payment is stored once: the first one wins
+        for index in todo:
+            if payment := items[index][0].get("payment"):
+                first_payment.setdefault(payment["id"], index)
+        payments = [
+            (items[i][0]["payment"], items[i][0]["user"]["id"], payment_cart[i])
+            for i in first_payment.values()
+        ]
+        if payments:
+            cursor.execute(
+                _BATCH_PAYMENTS_SQL,
+                [
+                    now,
+                    [payment["id"] for payment, _, _ in payments],
+                    [customer_ids[user] for _, user, _ in payments],
+                    [cart_id for _, _, cart_id in payments],
+                    [payment["amount"] for payment, _, _ in payments],
+                    [payment["currency"] for payment, _, _ in payments],
+                    [payment.get("discount_code") or "" for payment, _, _ in payments],
+                ],
+            )
+
+    events = []
+    for index in todo:
+        data, payload = items[index]
+        event = Event(
+            pk=event_pks[data["id"]],
             source=source,
             event_id=data["id"],
-            event_type=data["type"],
-            customer=customer,
+            type=data["type"],
+            customer_id=customer_ids[data["user"]["id"]],
             occurred_at=data["occurred_at"],
+            received_at=now,
             payload=payload,
-            body_sha256=body_sha256,
+            body_sha256=hashes[index],
         )
-        if isinstance(event, IngestResult):
-            return event
-        if cart := data.get("cart"):
-            cart_upsert(
-                customer=customer,
-                external_id=cart["id"],
-                total=cart["total"],
-                currency=cart["currency"],
-                checkout_url=cart.get("checkout_url", ""),
-                items=cart.get("items"),
-            )
-        if payment := data.get("payment"):
-            payment_upsert(
-                customer=customer,
-                external_id=payment["id"],
-                amount=payment["amount"],
-                currency=payment["currency"],
-                cart_external_id=payment.get("cart_id"),
-                discount_code=payment.get("discount_code"),
-            )
-    event_recorded.send(sender=Event, event=event)
-    return IngestResult(event=event, created=True)
+        events.append(event)
+        outcomes[index] = IngestResult(event=event, created=True)
+    events_stored.send(sender=Event, events=events)
+    for index in repeated_inside:  # answered as a repeat of the item that stored the id
+        first = outcomes[taken[items[index][0]["id"]]]
+        assert isinstance(first, IngestResult)
+        outcomes[index] = _repeat_or_conflict(first.event, hashes[index])
+    assert all(outcome is not None for outcome in outcomes)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _repeat_or_conflict(existing: Event, body_sha256: str) -> IngestResult | EventConflict:
+    try:
+        return _repeat(existing, body_sha256)
+    except EventConflict as exc:
+        return exc
 
 
 def _repeat(existing: Event, body_sha256: str) -> IngestResult:
@@ -282,6 +690,86 @@ def _event_insert(
     except IntegrityError:
         existing = Event.objects.get(source=source, event_id=event_id)
         return _repeat(existing, body_sha256)
+
+
+# --- applying events --------------------------------------------------------------------------
+
+
+_CLAIM_EVENTS_SQL = """
+UPDATE marketing_event
+   SET apply_claimed_at = now()
+ WHERE id = ANY(ARRAY(SELECT id FROM marketing_event
+                       WHERE applied_at IS NULL AND apply_attempts < %s
+                         AND (apply_claimed_at IS NULL OR apply_claimed_at < %s)
+                       ORDER BY id
+                       LIMIT %s
+                       FOR UPDATE SKIP LOCKED))
+RETURNING id
+"""
+
+
+def events_claim_unapplied(*, limit: int, lease: timedelta) -> list[int]:
+    """Claim up to `limit` stored events whose effects are not applied yet, oldest first,
+    including those whose previous claim ran out of lease (a lost task, a killed worker) and
+    leaving out those that failed NUDGE_SEND_MAX_ATTEMPTS times. Like the sends' claim: a
+    compare-and-set with SKIP LOCKED, safe for many tickers."""
+    cutoff = timezone.now() - lease
+    attempts = settings.NUDGE_SEND_MAX_ATTEMPTS
+    if connection.vendor == "postgresql":
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_CLAIM_EVENTS_SQL, [attempts, cutoff, limit])
+            return sorted(row[0] for row in cursor.fetchall())
+    with transaction.atomic():
+        ids = list(
+            Event.objects.filter(applied_at__isnull=True, apply_attempts__lt=attempts)
+            .filter(Q(apply_claimed_at__isnull=True) | Q(apply_claimed_at__lt=cutoff))
+            .order_by("id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", flat=True)[:limit]
+        )
+        if ids:
+            Event.objects.filter(pk__in=ids).update(apply_claimed_at=Now())
+    return ids
+
+
+def events_apply(*, event_ids: list[int]) -> int:
+    """Apply stored events' effects on journeys (enrolments), each in its own transaction
+    with the customer locked; an event already applied is skipped. Returns how many were
+    applied. An event whose receivers fail keeps its error and is retried after the lease,
+    until it has failed NUDGE_SEND_MAX_ATTEMPTS times; the others go on."""
+    applied = 0
+    for event_id in sorted(event_ids):
+        try:
+            applied += _event_apply(event_id)
+        except DatabaseError:
+            raise  # the database is unavailable: the task fails, the lease brings it back
+        except Exception as exc:
+            logger.exception("applying event %s failed", event_id)
+            Event.objects.filter(pk=event_id).update(
+                apply_error=f"{type(exc).__name__}: {exc}"[:2000],
+                apply_attempts=F("apply_attempts") + 1,
+            )
+    return applied
+
+
+@transaction.atomic
+def _event_apply(event_id: int) -> bool:
+    event = Event.objects.select_for_update().filter(pk=event_id, applied_at__isnull=True).first()
+    if event is None:
+        return False
+    if event.customer_id is not None:
+        event.customer = Customer.objects.select_for_update().get(pk=event.customer_id)
+    event_applying.send(sender=Event, event=event)
+    Event.objects.filter(pk=event_id).update(applied_at=Now(), apply_error="")
+    return True
+
+
+def events_apply_pending() -> int:
+    """Apply every stored event not applied yet, in this process (tests, management)."""
+    ids = list(
+        Event.objects.filter(applied_at__isnull=True).order_by("id").values_list("id", flat=True)
+    )
+    return events_apply(event_ids=ids)
 
 
 def event_record_host(
@@ -321,7 +809,7 @@ def event_record_host(
         )
         if isinstance(event, IngestResult):
             return event
-        event_recorded.send(sender=Event, event=event)
+        events_stored.send(sender=Event, events=[event])
         return IngestResult(event=event, created=True)
 
 

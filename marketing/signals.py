@@ -1,12 +1,19 @@
 """Signals marketing sends; other apps (journeys) listen, marketing imports none of them.
 
-`event_recorded` is sent *inside* the transaction that stores the event, with
-`event=<Event>`: a receiver's writes (enrolments, cancellations) commit or roll back together
-with the event, so a 2xx answer means the event and its consequences are both durable, and a
-payment's cancellation takes its row locks before the payment commits (see journeys).
-Receivers must be quick and must not call the outside world; they enqueue work on commit.
+`events_stored` is sent *inside* the transaction that stores new events, with
+`events=[<Event>, ...]` (one for a single event, many for a batch). Its receivers do only
+what must hold from the moment the sender gets its 2xx: journeys cancel the sends an exit
+event (a payment) ends, taking their row locks before the event commits, so a racing
+dispatch either sees the cancellation or finishes first.
+They must be quick (a few set-based statements), and never call the outside world.
+
+`event_applying` is sent later, by services.events_apply on a messaging worker, inside the
+transaction that marks the event applied, with the customer row locked: journeys enrol the
+customer there. A receiver's writes commit or roll back together with the mark, so an event
+is applied once, and an event whose receiver fails is retried.
 """
 
 from django.dispatch import Signal
 
-event_recorded = Signal()
+events_stored = Signal()
+event_applying = Signal()

@@ -10,7 +10,7 @@ from journeys import services
 from journeys.models import ScheduledSend
 from marketing.api.serializers import EventSerializer
 from marketing.models import Event
-from marketing.services import IngestResult, event_ingest
+from marketing.services import IngestResult, event_ingest, events_apply_pending
 from tests.webhook_client import event
 
 
@@ -54,12 +54,15 @@ def make_event(
 
 
 def ingest(payload: dict[str, Any]) -> IngestResult:
-    """The webhook's path after signature verification: validate, then the service."""
+    """The webhook's path after signature verification (validate, then the service), then
+    what the ticker and a messaging worker do next: apply the stored event to journeys."""
     serializer = EventSerializer(data=payload)
     serializer.is_valid(raise_exception=True)
-    return event_ingest(
+    result = event_ingest(
         source=Event.Source.WEBHOOK, data=serializer.validated_data, payload=payload
     )
+    events_apply_pending()
+    return result
 
 
 def dispatch_due() -> dict[int, str]:

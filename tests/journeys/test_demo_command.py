@@ -6,6 +6,7 @@ import pytest
 from django.core.management import call_command
 
 from journeys.models import Journey, ScheduledSend
+from marketing.services import events_apply_pending
 
 pytestmark = pytest.mark.django_db
 
@@ -14,6 +15,9 @@ def run_demo(capture) -> str:
     out = StringIO()
     with capture(execute=True):
         call_command("nudge_demo", stdout=out)
+    # the test's transaction never commits: the host events were recorded only now, by the
+    # captured on-commit callbacks, after the command applied what was stored before
+    events_apply_pending()
     return out.getvalue()
 
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 from bench import data
 from journeys import services
 from journeys.models import Journey, ScheduledSend
+from marketing import services as marketing_services
 from marketing.models import Event
 
 pytestmark = [
@@ -37,9 +38,13 @@ def many_sends(demo_journeys):
         # a third of the customers registered, then a third of those paid
         cursor.execute(
             "INSERT INTO marketing_event (source, event_id, type, customer_id, occurred_at, "
-            "received_at, payload, body_sha256) SELECT 'webhook', 'ev' || id, "
+            "received_at, payload, body_sha256, applied_at, apply_attempts, apply_error) "
+            "SELECT 'webhook', 'ev' || id, "
             "CASE WHEN id % 9 = 0 THEN 'payment_finished' ELSE 'user_registered' END, id, "
-            "now() - interval '1 day', now(), '{}', '-' FROM marketing_customer WHERE id % 3 = 0"
+            "now() - interval '1 day', now(), '{}', '-', "
+            # all applied but the last few, as on a live site
+            "CASE WHEN id > 19000 THEN NULL ELSE now() END, 0, '' "
+            "FROM marketing_customer WHERE id % 3 = 0"
         )
         for table in ("journeys_scheduledsend", "marketing_customer", "marketing_event"):
             cursor.execute(f"ANALYZE {table}")
@@ -53,6 +58,15 @@ def test_the_claim_reads_the_pending_due_index(many_sends):
         cursor.execute("ROLLBACK TO SAVEPOINT explain_claim")
     assert "send_pending_due" in text, text
     assert "Seq Scan on journeys_scheduledsend" not in text, text
+
+
+def test_the_event_claim_reads_the_unapplied_index(many_sends):
+    with connection.cursor() as cursor:
+        cursor.execute("SAVEPOINT explain_claim")
+        text = plan(marketing_services._CLAIM_EVENTS_SQL, [5, timezone.now(), 500])
+        cursor.execute("ROLLBACK TO SAVEPOINT explain_claim")
+    assert "event_unapplied" in text, text
+    assert "Seq Scan on marketing_event" not in text, text
 
 
 def test_cancelling_a_customers_sends_reads_the_active_customer_index(many_sends):

@@ -14,7 +14,7 @@ from django.db import connection
 from django.test import Client
 
 from marketing.models import Cart, Customer, Event, Payment
-from marketing.signals import event_recorded
+from marketing.signals import events_stored
 from tests.webhook_client import event, post_signed
 
 THREADS = 16
@@ -40,17 +40,17 @@ def events_to_deliver() -> list[dict]:
 
 @pytest.fixture
 def recorded() -> Iterator[Counter]:
-    """Counts event_recorded per event id, across threads."""
+    """Counts events_stored per event id, across threads."""
     counts: Counter = Counter()
     lock = threading.Lock()
 
-    def count(sender, event, **kwargs):
+    def count(sender, events, **kwargs):
         with lock:
-            counts[event.event_id] += 1
+            counts.update(event.event_id for event in events)
 
-    event_recorded.connect(count, dispatch_uid="test-count-recorded", weak=False)
+    events_stored.connect(count, dispatch_uid="test-count-recorded", weak=False)
     yield counts
-    event_recorded.disconnect(dispatch_uid="test-count-recorded")
+    events_stored.disconnect(dispatch_uid="test-count-recorded")
 
 
 @pytest.mark.django_db(transaction=True)

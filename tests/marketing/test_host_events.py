@@ -11,7 +11,7 @@ from django.core.management import call_command
 from marketing import services
 from marketing.api.serializers import EventSerializer
 from marketing.models import Customer, Event
-from marketing.signals import event_recorded
+from marketing.signals import events_stored
 from tests.factories import CustomerFactory
 from tests.webhook_client import event, post_signed
 
@@ -20,14 +20,14 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def recorded():
-    events: list[Event] = []
+    collected: list[Event] = []
 
-    def collect(sender, event, **kwargs):
-        events.append(event)
+    def collect(sender, events: list[Event], **kwargs):
+        collected.extend(events)
 
-    event_recorded.connect(collect, dispatch_uid="test-host-recorded", weak=False)
-    yield events
-    event_recorded.disconnect(dispatch_uid="test-host-recorded")
+    events_stored.connect(collect, dispatch_uid="test-host-recorded", weak=False)
+    yield collected
+    events_stored.disconnect(dispatch_uid="test-host-recorded")
 
 
 def key_shape(value):

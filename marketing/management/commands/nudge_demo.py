@@ -37,6 +37,8 @@ class Command(BaseCommand):
         for app_config in reversed(list(apps.get_app_configs())):
             if app_config.module is not None and module_has_submodule(app_config.module, "demo"):
                 import_module(f"{app_config.name}.demo").load_demo(stdout=self.stdout)
+        # what the workers would do within a tick: the demo's journeys show their sends at once
+        services.events_apply_pending()
 
         services.marketer_user_ensure(username=username, password=password)
         shown = password if password is not None else "(unchanged: set NUDGE_DEMO_PASSWORD)"

@@ -1,0 +1,166 @@
+"""Events are stored (with their exits and the customer's profile) by the webhook, and applied
+to journeys (enrolments) afterwards by the messaging workers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.signing import SignedPackage
+from django_q.tasks import async_task
+
+from journeys import ticker
+from journeys.models import Enrollment, ScheduledSend
+from marketing import services as marketing_services
+from marketing.api.serializers import EventSerializer
+from marketing.models import Customer, Event
+from marketing.signals import event_applying
+from tests.journeys.conftest import dispatch_due, ingest, make_event, minutes_ago, sends
+from tests.journeys.test_engine import make_journey
+
+pytestmark = pytest.mark.django_db
+Status = ScheduledSend.Status
+LEASE = timedelta(seconds=120)
+
+
+def store(payload: dict[str, Any]) -> Event:
+    """What the webhook does, and nothing after: the event is stored, not applied."""
+    serializer = EventSerializer(data=payload)
+    serializer.is_valid(raise_exception=True)
+    result = marketing_services.event_ingest(
+        source=Event.Source.WEBHOOK, data=serializer.validated_data, payload=payload
+    )
+    assert result.created
+    return Event.objects.get(pk=result.event.pk)
+
+
+def test_a_stored_event_enrols_once_it_is_applied_and_only_once():
+    make_journey()
+    event = store(make_event("e1", "checkout_started", at=minutes_ago(1), cart="c_1"))
+    assert event.applied_at is None
+    assert not Enrollment.objects.exists()
+
+    assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == [event.pk]
+    assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == []  # leased
+    assert marketing_services.events_apply(event_ids=[event.pk]) == 1
+    assert marketing_services.events_apply(event_ids=[event.pk]) == 0  # a repeated task
+
+    event.refresh_from_db()
+    assert event.applied_at is not None
+    (send,) = sends()
+    assert (send.status, send.cart.external_id) == (Status.PENDING, "c_1")
+    assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == []
+
+
+def test_a_payment_cancels_the_pending_sends_before_its_answer():
+    make_journey()
+    ingest(make_event("e1", "checkout_started", at=minutes_ago(11), cart="c_1"))
+
+    store(make_event("e2", "payment_finished", at=minutes_ago(1), cart="c_1", payment="p_1"))
+
+    (send,) = sends()  # not applied yet, and already cancelled
+    assert (send.status, send.reason) == (Status.CANCELLED, "cancelled by payment p_1")
+    assert dispatch_due() == {}
+
+
+def test_a_payment_stored_before_its_checkout_was_applied_still_prevents_the_send():
+    make_journey()
+    store(make_event("e1", "checkout_started", at=minutes_ago(11), cart="c_1"))
+    store(make_event("e2", "payment_finished", at=minutes_ago(1), cart="c_1", payment="p_1"))
+
+    assert marketing_services.events_apply_pending() == 2
+
+    (send,) = sends()
+    assert (send.status, send.reason) == (Status.CANCELLED, "cancelled by payment p_1")
+
+
+def test_an_opt_out_holds_from_its_answer_on():
+    make_journey(steps=[{"delay": "PT10M", "channel": "sms", "template": {"body": "Hi"}}])
+    ingest(make_event("e1", "checkout_started", at=minutes_ago(11), cart="c_1"))
+
+    opt_out = make_event("e2", "user_updated", at=minutes_ago(1))
+    opt_out["user"]["consent"] = {"sms": False}
+    store(opt_out)  # not applied: the customer's consent is part of what the answer commits
+
+    assert Customer.objects.get().consent_sms is False
+    assert list(dispatch_due().values()) == ["skipped"]
+    assert sends()[0].reason == "opted out of SMS"
+
+
+@pytest.fixture
+def failing_receiver():
+    failures = {"left": 1}
+
+    def fail(sender: type, event: Event, **kwargs: Any) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("template store unreachable")
+
+    event_applying.connect(fail, dispatch_uid="test-failing-receiver", weak=False)
+    yield failures
+    event_applying.disconnect(dispatch_uid="test-failing-receiver")
+
+
+def test_an_event_whose_application_fails_keeps_the_error_and_is_retried(failing_receiver):
+    make_journey()
+    bad = store(make_event("e1", "checkout_started", at=minutes_ago(1), cart="c_1", user="u_1"))
+    good = store(make_event("e2", "checkout_started", at=minutes_ago(1), cart="c_2", user="u_2"))
+    claimed = marketing_services.events_claim_unapplied(limit=10, lease=LEASE)
+    assert claimed == [bad.pk, good.pk]
+
+    assert marketing_services.events_apply(event_ids=claimed) == 1  # the other one goes on
+
+    bad.refresh_from_db()
+    assert (bad.applied_at, bad.apply_attempts) == (None, 1)
+    assert bad.apply_error == "RuntimeError: template store unreachable"
+    # the failed event's enrolment was rolled back with it
+    assert [send.cart.external_id for send in sends()] == ["c_2"]
+
+    assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == []
+    Event.objects.update(apply_claimed_at=timezone.now() - 2 * LEASE)  # its lease ran out
+    assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == [bad.pk]
+    assert marketing_services.events_apply(event_ids=[bad.pk]) == 1
+    bad.refresh_from_db()
+    assert bad.applied_at is not None and bad.apply_error == ""
+    assert sorted(send.cart.external_id for send in sends()) == ["c_1", "c_2"]
+
+
+def test_an_event_that_failed_every_attempt_is_left_with_its_error(settings, failing_receiver):
+    settings.NUDGE_SEND_MAX_ATTEMPTS = 1
+    make_journey()
+    bad = store(make_event("e1", "checkout_started", at=minutes_ago(1), cart="c_1"))
+
+    assert marketing_services.events_apply(event_ids=[bad.pk]) == 0
+
+    assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == []
+    bad.refresh_from_db()
+    assert (bad.applied_at, bad.apply_attempts) == (None, 1)
+
+
+def queued_tasks() -> list[tuple[str, Any]]:
+    """The tasks waiting in the messaging queue (the real broker of the test settings)."""
+    broker = get_broker("messaging")
+    tasks = []
+    while (message := broker.dequeue()) is not None:
+        for ack_id, package in message:
+            task = SignedPackage.loads(package)
+            tasks.append((task["func"], list(task["args"])))
+            broker.acknowledge(ack_id)
+    return tasks
+
+
+def test_the_ticker_hands_stored_events_to_the_workers_while_they_keep_up(settings):
+    settings.NUDGE_APPLY_QUEUE_LIMIT = 1
+    make_journey()
+    event = store(make_event("e1", "checkout_started", at=minutes_ago(1), cart="c_1"))
+    async_task("math.floor", 1.5, cluster="messaging", save=False)  # a task nobody took yet
+
+    assert ticker.tick() == 0  # the queue is full: the event waits in its table
+    assert queued_tasks() == [("math.floor", [1.5])]
+
+    assert ticker.tick() == 1
+    assert queued_tasks() == [(ticker.APPLY_TASK, [[event.pk]])]
+    assert ticker.tick() == 0  # claimed: not handed out twice
