@@ -13,6 +13,8 @@ import pytest
 from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rest_framework import ISO_8601
+from rest_framework.settings import api_settings
 
 from bench.run import _event as bench_event
 from marketing import validation
@@ -518,6 +520,8 @@ def test_the_fast_path_knows_the_serializers_fields():
         "payment.currency": currency,
         "payment.discount_code": text(64, required=False, null=True, allow_blank=True),
     }
+    # DateTimeField parses as validation._occurred_at does only with DRF's default formats
+    assert api_settings.DATETIME_INPUT_FORMATS == [ISO_8601]
     actual = described(EventSerializer())
     for fields in (actual, expected):
         for field in fields.values():
