@@ -8,9 +8,9 @@ from django.utils import timezone
 
 from journeys import services
 from journeys.models import ScheduledSend
-from marketing.api.serializers import EventSerializer
 from marketing.models import Event
 from marketing.services import IngestResult, event_ingest, events_apply_pending
+from marketing.validation import event_validate
 from tests.webhook_client import event
 
 
@@ -56,11 +56,9 @@ def make_event(
 def ingest(payload: dict[str, Any]) -> IngestResult:
     """The webhook's path after signature verification (validate, then the service), then
     what the ticker and a messaging worker do next: apply the stored event to journeys."""
-    serializer = EventSerializer(data=payload)
-    serializer.is_valid(raise_exception=True)
-    result = event_ingest(
-        source=Event.Source.WEBHOOK, data=serializer.validated_data, payload=payload
-    )
+    data, errors = event_validate(payload)
+    assert data is not None, errors
+    result = event_ingest(source=Event.Source.WEBHOOK, data=data, payload=payload)
     events_apply_pending()
     return result
 
