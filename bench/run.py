@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--steady-seconds", type=float, default=10.0)
     parser.add_argument("--ingest-seconds", type=float, default=6.0)
-    parser.add_argument("--batch-size", type=int, default=50, help="events per batch request")
+    parser.add_argument("--batch-size", type=int, default=500, help="events per batch request")
     parser.add_argument("--cancel-samples", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; median reported")
     parser.add_argument("--broker", choices=["orm", "redis"], default="orm")
@@ -595,7 +595,11 @@ def ingest_round(port: int, args: argparse.Namespace, tag: str, work: Path) -> d
     before = events_count()
     prefix = work / f"{tag}-batch"
     write_requests(
-        prefix.with_suffix(".0"), "/api/events/batch/", batch_bodies(), int(seconds * 200)
+        prefix.with_suffix(".0"),
+        "/api/events/batch/",
+        batch_bodies(),
+        # more than any rate this server reaches (30,000 events/s): never a replay
+        max(20, int(seconds * 30_000 / args.batch_size)),
     )
     batch = wrk(port, prefix, seconds, 2)
     events = batch["requests"] * args.batch_size
@@ -625,10 +629,10 @@ def web_server(logs: Path) -> Iterator[int]:
             "-m",
             "gunicorn",
             "config.wsgi",
+            "-c",
+            str(ROOT / "config" / "gunicorn.py"),  # the production web settings
             "--bind",
             f"127.0.0.1:{port}",
-            "--workers",
-            str(os.cpu_count() or 1),
             "--log-level",
             "warning",
         ],

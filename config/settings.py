@@ -87,7 +87,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Off by default: the check is one more round trip at the start of every request. A
+    # connection broken by a database restart fails one request (503, which senders retry)
+    # and is replaced at its end.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=False)
     DATABASES["default"].setdefault("OPTIONS", {})
     DATABASES["default"]["OPTIONS"].setdefault(
         "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
@@ -254,6 +257,9 @@ NUDGE_SEND_LEASE_SECONDS = env.int("NUDGE_SEND_LEASE_SECONDS", default=120)
 # in the journeys' version (count, last update) changed: bounds how late an edit of a step
 # alone is seen. Any saved journey is seen at once.
 NUDGE_JOURNEY_CACHE_SECONDS = env.float("NUDGE_JOURNEY_CACHE_SECONDS", default=5.0)
+# Webhook ingestion asks every event whether it exits a journey; it re-reads the journeys'
+# version at most this often (a journey saved by the same process is seen at once).
+NUDGE_JOURNEY_RECHECK_SECONDS = env.float("NUDGE_JOURNEY_RECHECK_SECONDS", default=1.0)
 # A send is marked failed after this many attempts.
 NUDGE_SEND_MAX_ATTEMPTS = env.int("NUDGE_SEND_MAX_ATTEMPTS", default=5)
 # Stored events are applied to journeys (enrolments) by the messaging workers: the ticker

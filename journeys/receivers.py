@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from journeys import services
+from django.db.models.signals import post_delete, post_save
+
+from journeys import selectors, services
+from journeys.models import Journey, JourneyStep
 from marketing.models import Event
 from marketing.signals import event_applying, events_stored
 
@@ -22,6 +25,15 @@ def apply_event(sender: type, event: Event, **kwargs: Any) -> None:
     services.event_apply(event=event)
 
 
+def forget_journeys(sender: type, **kwargs: Any) -> None:
+    selectors.journeys_forget()
+
+
 def connect() -> None:
+    for model in (Journey, JourneyStep):
+        for signal in (post_save, post_delete):
+            signal.connect(
+                forget_journeys, sender=model, dispatch_uid=f"journeys-forget-{model.__name__}"
+            )
     events_stored.connect(cancel_on_exit, sender=Event, dispatch_uid="journeys-cancel-on-exit")
     event_applying.connect(apply_event, sender=Event, dispatch_uid="journeys-apply-event")

@@ -29,28 +29,40 @@ SELECT (SELECT count(*) FROM journeys_journey), (SELECT max(updated_at) FROM jou
 class _JourneyCache:
     version: tuple[Any, ...] | None = None
     loaded_at: float = 0.0
+    checked_at: float = 0.0
     journeys: list[Journey] = field(default_factory=list)
 
 
 _journey_cache = _JourneyCache()
 
 
-def journeys_all() -> list[Journey]:
+def journeys_all(*, recheck_after: float = 0.0) -> list[Journey]:
     """Every journey, active or not, with its steps prefetched; treat them as read-only.
 
     Cached per process while the version query above is unchanged, and at most
     NUDGE_JOURNEY_CACHE_SECONDS (an edit of a step alone, which changes none of the version
     figures, is seen after that long; the admin and journeys_import also save the journey).
+    With `recheck_after`, the version query itself runs at most that often (seconds); a
+    journey or step saved in this process is seen at once all the same.
     """
+    cache = _journey_cache
+    now = time.monotonic()
+    if cache.version is not None and now - cache.checked_at < recheck_after:
+        return cache.journeys
     with connection.cursor() as cursor:
         cursor.execute(_JOURNEYS_VERSION_SQL)
         version = tuple(cursor.fetchone() or ())
-    cache = _journey_cache
-    stale = time.monotonic() - cache.loaded_at > settings.NUDGE_JOURNEY_CACHE_SECONDS
+    stale = now - cache.loaded_at > settings.NUDGE_JOURNEY_CACHE_SECONDS
     if version != cache.version or stale:
         cache.journeys = list(Journey.objects.prefetch_related("steps"))
-        cache.version, cache.loaded_at = version, time.monotonic()
+        cache.version, cache.loaded_at = version, now
+    cache.checked_at = now
     return cache.journeys
+
+
+def journeys_forget() -> None:
+    """Drop this process's copy of the journeys (one was saved or deleted here)."""
+    _journey_cache.version = None
 
 
 def known_event_types() -> set[str]:

@@ -64,7 +64,9 @@ def events_exits_apply(*, events: list[Event]) -> int:
     One event: one indexed UPDATE per exit scope. Many (a batch, on PostgreSQL): one UPDATE
     per group of journeys exited, over all the group's events at once.
     """
-    journeys = selectors.journeys_all()
+    # Every event asks; the journeys' version is re-read at most every
+    # NUDGE_JOURNEY_RECHECK_SECONDS (dispatch and the workers re-check exits with fresh rows).
+    journeys = selectors.journeys_all(recheck_after=settings.NUDGE_JOURNEY_RECHECK_SECONDS)
     exiting: list[tuple[Event, list[Journey]]] = []
     for event in events:
         exited = [j for j in journeys if event.type in j.exit_on]
