@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steady-seconds", type=float, default=10.0)
     parser.add_argument("--ingest-seconds", type=float, default=6.0)
     parser.add_argument("--batch-size", type=int, default=500, help="events per batch request")
+    parser.add_argument(
+        "--apply-seconds",
+        type=float,
+        default=8.0,
+        help="how long the workers apply the ingested events (enrolments/s)",
+    )
     parser.add_argument("--cancel-samples", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; median reported")
     parser.add_argument("--broker", choices=["orm", "redis"], default="orm")
@@ -618,6 +624,37 @@ def ingest_round(port: int, args: argparse.Namespace, tag: str, work: Path) -> d
     return out
 
 
+def unapplied_count() -> int:
+    return int(sql("SELECT count(*) FROM marketing_event WHERE applied_at IS NULL")[0][0])
+
+
+def apply_round(seconds: float, logs: Path) -> float:
+    """Events applied to journeys per second by the ticker and the messaging cluster, out of
+    the backlog the ingest round left (a webhook stores; the workers enrol afterwards).
+    Whatever is still unapplied after `seconds` is marked so by SQL, so it does not load the
+    next dispatch run."""
+    backlog = unapplied_count()
+    procs = Processes(logs)
+    try:
+        start_engine(procs)
+        before, started = unapplied_count(), time.monotonic()
+        time.sleep(seconds)
+        after, elapsed = unapplied_count(), time.monotonic() - started
+        procs.check_alive()
+    finally:
+        procs.stop()
+    failed = int(sql("SELECT count(*) FROM marketing_event WHERE apply_error <> ''")[0][0])
+    if failed:
+        raise BenchFailure(f"{failed} events failed to apply (see marketing_event.apply_error)")
+    if backlog and before == after:
+        raise BenchFailure(f"no event of the {backlog} stored was applied in {seconds} s")
+    sql(
+        "UPDATE marketing_event SET applied_at = now(), apply_error = 'bench: not applied' "
+        "WHERE applied_at IS NULL"
+    )
+    return (before - after) / elapsed
+
+
 @contextmanager
 def web_server(logs: Path) -> Iterator[int]:
     port = free_port()
@@ -824,6 +861,8 @@ def level(
             with web_server(logs) as port:
                 log("  ingest: no-op, single, batch, single at half rate")
                 result = ingest_round(port, args, f"{tag}-i", work)
+            log(f"  applying the stored events to journeys for {args.apply_seconds:.0f} s")
+            result["apply"] = apply_round(args.apply_seconds, logs)
             for key, value in result.items():
                 add(f"ingest_{key}", value)
             add("ingest_vs_noop", result["single"] / result["noop"])
@@ -944,6 +983,11 @@ def main(argv: list[str] | None = None) -> None:
             f"ingest batch of {args.batch_size} (events/s)",
             s.get("ingest_batch", nan),
             m.get("ingest_batch", nan),
+        ),
+        (
+            "events applied to journeys by the workers afterwards (events/s)",
+            s.get("ingest_apply", nan),
+            m.get("ingest_apply", nan),
         ),
         ("cancel on payment p50 / p99 (ms)", "", f"{fmt(cancel_p50)} / {fmt(cancel_p99)}"),
         ("peak RSS of any cluster/ticker process (MB)", s.get("rss_mb", nan), m["rss_mb"]),
