@@ -9,7 +9,9 @@ is enough for most sites.
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import OperationalError, close_old_connections
-from django_q.brokers import get_broker
+from django_q.brokers import Broker, get_broker
 from django_q.tasks import async_task
 
 from journeys import services
@@ -29,9 +31,19 @@ DISPATCH_TASK = "journeys.tasks.scheduled_sends_dispatch"
 APPLY_TASK = "marketing.tasks.events_apply"
 
 
+@functools.cache
+def _messaging_broker() -> Broker:
+    return get_broker(settings.Q_CLUSTER["cluster_name"])
+
+
 def _queue_size() -> int:
-    """Tasks waiting in the messaging queue, not yet taken by a worker."""
-    return int(get_broker(settings.Q_CLUSTER["cluster_name"]).queue_size() or 0)
+    """Tasks waiting in the messaging queue, not yet taken by a worker; when the broker does
+    not answer, as good as full (events then wait in their table; sends are not held up)."""
+    try:
+        return int(_messaging_broker().queue_size() or 0)
+    except Exception as exc:
+        logger.warning("ticker: the messaging queue does not answer: %s", exc)
+        return sys.maxsize
 
 
 def enqueue_apply(event_ids: list[int]) -> None:

@@ -164,3 +164,18 @@ def test_the_ticker_hands_stored_events_to_the_workers_while_they_keep_up(settin
     assert ticker.tick() == 1
     assert queued_tasks() == [(ticker.APPLY_TASK, [[event.pk]])]
     assert ticker.tick() == 0  # claimed: not handed out twice
+
+
+def test_a_broker_that_does_not_answer_leaves_the_events_in_their_table(monkeypatch):
+    class Unreachable:
+        def queue_size(self) -> int:
+            raise ConnectionError("broker down")
+
+    monkeypatch.setattr(ticker, "_messaging_broker", lambda: Unreachable())
+    make_journey()
+    event = store(make_event("e1", "checkout_started", at=minutes_ago(1), cart="c_1"))
+
+    assert ticker.tick() == 0  # no crash, nothing claimed
+
+    event.refresh_from_db()
+    assert (event.apply_claimed_at, event.applied_at) == (None, None)
