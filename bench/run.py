@@ -643,7 +643,7 @@ def apply_round(seconds: float, logs: Path) -> float:
         procs.check_alive()
     finally:
         procs.stop()
-    failed = int(sql("SELECT count(*) FROM marketing_event WHERE apply_error <> ''")[0][0])
+    failed = int(sql("SELECT count(*) FROM marketing_event WHERE apply_attempts > 0")[0][0])
     if failed:
         raise BenchFailure(f"{failed} events failed to apply (see marketing_event.apply_error)")
     if backlog and before == after:
