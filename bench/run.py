@@ -543,6 +543,18 @@ def events_count() -> int:
     return int(sql("SELECT count(*) FROM marketing_event")[0][0])
 
 
+def settled_events_count() -> int:
+    """The event count once the server is quiet: requests still in flight when wrk stopped
+    counting (one per connection at most) are stored before it is read."""
+    count = events_count()
+    while True:
+        time.sleep(0.5)
+        again = events_count()
+        if again == count:
+            return count
+        count = again
+
+
 def ensure_wrk() -> None:
     if shutil.which("wrk"):
         return
@@ -588,17 +600,17 @@ def ingest_round(port: int, args: argparse.Namespace, tag: str, work: Path) -> d
     write_requests(prefix.with_suffix(".0"), "/bench/noop/", single_bodies(), budget)
     out["noop"] = wrk(port, prefix, seconds, 4)["rate"]
 
-    before = events_count()
+    before = settled_events_count()
     prefix = work / f"{tag}-single"
     write_requests(prefix.with_suffix(".0"), "/api/events/", single_bodies(), budget)
     single = wrk(port, prefix, seconds, 4)
     out["single"] = single["rate"]
     out["single_p99_full_ms"] = single["p99_us"] / 1000
-    stored = events_count() - before
+    stored = settled_events_count() - before
     if not single["requests"] <= stored <= single["requests"] + 4:
         raise BenchFailure(f"{single['requests']} single events answered, {stored} stored")
 
-    before = events_count()
+    before = settled_events_count()
     prefix = work / f"{tag}-batch"
     write_requests(
         prefix.with_suffix(".0"),
@@ -609,7 +621,7 @@ def ingest_round(port: int, args: argparse.Namespace, tag: str, work: Path) -> d
     )
     batch = wrk(port, prefix, seconds, 2)
     events = batch["requests"] * args.batch_size
-    stored = events_count() - before
+    stored = settled_events_count() - before
     if not events <= stored <= events + 2 * args.batch_size:
         raise BenchFailure(f"{events} batch events answered, {stored} stored")
     out["batch"] = events / (batch["duration_us"] / 1e6)
