@@ -174,3 +174,27 @@ def test_a_batch_does_what_its_events_do_one_by_one(seed):
     assert as_batch[0] == one_by_one[0]  # the answers
     assert as_batch[1] == one_by_one[1]  # what the 2xx committed
     assert as_batch[2] == one_by_one[2]  # and what applying the events did
+
+
+def test_an_event_stored_by_another_delivery_during_the_batch_falls_back_item_by_item(
+    monkeypatch,
+):
+    first = validated([random_event(random.Random(1), "e_race")])[0]
+    assert isinstance(
+        services._ingest_or_refusal(Event.Source.WEBHOOK, *first), services.IngestResult
+    )
+    # the batch's look-up misses it, as if another delivery committed it just after
+    monkeypatch.setattr(
+        services,
+        "_BATCH_STORED_SQL",
+        services._BATCH_STORED_SQL.replace("WHERE", "WHERE false AND"),
+    )
+    other = validated([random_event(random.Random(2), "e_new")])[0]
+
+    outcomes = services.events_ingest_batch(source=Event.Source.WEBHOOK, items=[first, other])
+
+    assert [outcome_shape(outcome) for outcome in outcomes] == [
+        ("repeat", "e_race"),
+        ("created", "e_new"),
+    ]
+    assert sorted(Event.objects.values_list("event_id", flat=True)) == ["e_new", "e_race"]
