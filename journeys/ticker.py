@@ -46,30 +46,26 @@ def _queue_size() -> int:
         return sys.maxsize
 
 
-def enqueue_apply(event_ids: list[int]) -> None:
-    chunk = settings.NUDGE_APPLY_CHUNK
-    for start in range(0, len(event_ids), chunk):
+def _enqueue(task: str, ids: list[int], *, chunk: int, group: str) -> None:
+    for start in range(0, len(ids), chunk):
         async_task(
-            APPLY_TASK,
-            event_ids[start : start + chunk],
-            group="apply",
+            task,
+            ids[start : start + chunk],
+            group=group,
             cluster=settings.Q_CLUSTER["cluster_name"],
-            save=False,  # the events' applied_at is the record
+            # the rows (ScheduledSend, Event.applied_at) are the record: a successful task
+            # leaves no result row (failures are still saved), which spares the monitor a
+            # write and a prune
+            save=False,
         )
+
+
+def enqueue_apply(event_ids: list[int]) -> None:
+    _enqueue(APPLY_TASK, event_ids, chunk=settings.NUDGE_APPLY_CHUNK, group="apply")
 
 
 def enqueue_dispatch(send_ids: list[int]) -> None:
-    chunk = settings.NUDGE_DISPATCH_CHUNK
-    for start in range(0, len(send_ids), chunk):
-        async_task(
-            DISPATCH_TASK,
-            send_ids[start : start + chunk],
-            group="dispatch",
-            cluster=settings.Q_CLUSTER["cluster_name"],
-            # the ScheduledSend rows are the record: a successful task leaves no result row
-            # (failures are still saved), which spares the monitor a write and a prune
-            save=False,
-        )
+    _enqueue(DISPATCH_TASK, send_ids, chunk=settings.NUDGE_DISPATCH_CHUNK, group="dispatch")
 
 
 def tick() -> int:

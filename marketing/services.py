@@ -180,11 +180,13 @@ def payment_upsert(
 
 # --- events ---------------------------------------------------------------------------------
 #
-# Ingestion is the webhook's hot path, so it is a handful of single-statement upserts (the
-# same SQL on PostgreSQL and SQLite >= 3.35), not ORM get-or-create round trips: the event,
-# the customer's profile, the cart or payment it carries, and, through `events_stored`, the
-# cancellations an exit event causes. What the event means for journeys (enrolments) is
-# applied afterwards by events_apply, from the messaging workers (see journeys.ticker).
+# Ingestion is the webhook's hot path, and a round trip to the database costs more than most
+# statements' work, so it is upserts in SQL, not ORM get-or-create: the event, the customer's
+# profile, the cart or payment it carries, and, through `events_stored`, the cancellations an
+# exit event causes. On PostgreSQL one statement does all but the cancellations (a batch: one
+# statement per table); elsewhere (SQLite >= 3.35) one statement per table and event. What the
+# event means for journeys (enrolments) is applied afterwards by events_apply, on the
+# messaging workers (see journeys.ticker).
 
 # Fields an event leaves out (None) are kept: the new customer gets the default, the known
 # customer keeps its value. An event older than the profile's last update changes nothing.
@@ -340,29 +342,13 @@ def _event_store_stepwise(
     return customer_id, int(row[0])
 
 
-# PostgreSQL: the customer, the event, its cart or payment in one statement (one round trip,
-# which costs more than the work on this kind of machine), the same writes as stepwise.
-_EVENT_AT_ONCE_SQL = """
-WITH upserted AS (
-    INSERT INTO marketing_customer
-           (external_id, email, phone, first_name, timezone, consent_email, consent_sms,
-            profile_as_of, created_at, updated_at)
-    VALUES (%(id)s, COALESCE(%(email)s, ''), COALESCE(%(phone)s, ''),
-            COALESCE(%(first_name)s, ''), COALESCE(%(timezone)s, 'UTC'),
-            COALESCE(%(consent_email)s, TRUE), COALESCE(%(consent_sms)s, TRUE),
-            %(as_of)s, %(now)s, %(now)s)
-    ON CONFLICT (external_id) DO UPDATE
-       SET email = COALESCE(%(email)s, marketing_customer.email),
-           phone = COALESCE(%(phone)s, marketing_customer.phone),
-           first_name = COALESCE(%(first_name)s, marketing_customer.first_name),
-           timezone = COALESCE(%(timezone)s, marketing_customer.timezone),
-           consent_email = COALESCE(%(consent_email)s, marketing_customer.consent_email),
-           consent_sms = COALESCE(%(consent_sms)s, marketing_customer.consent_sms),
-           profile_as_of = excluded.profile_as_of, updated_at = excluded.updated_at
-     WHERE marketing_customer.profile_as_of IS NULL
-        OR marketing_customer.profile_as_of <= excluded.profile_as_of
-    RETURNING id
-), customer AS (
+# PostgreSQL: the customer (_CUSTOMER_SQL), the event, its cart or payment in one statement
+# (one round trip, which costs more than the work on this kind of machine), the same writes
+# as stepwise.
+_EVENT_AT_ONCE_SQL = (
+    "WITH upserted AS ("  # noqa: S608 - constant strings only, no input
+    + _CUSTOMER_SQL
+    + """), customer AS (
     SELECT id FROM upserted
     UNION ALL
     SELECT id FROM marketing_customer
@@ -404,6 +390,7 @@ WITH upserted AS (
 )
 SELECT (SELECT id FROM customer), (SELECT id FROM event), (SELECT count(*) FROM cart)
 """
+)
 
 
 def _event_store_at_once(
