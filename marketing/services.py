@@ -239,17 +239,25 @@ def _customer_store(*, user: dict[str, Any], as_of: datetime) -> int:
     return int(row[0])
 
 
-_CART_SQL = """
-INSERT INTO marketing_cart
-       (external_id, customer_id, total, currency, checkout_url, items, created_at, updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+# The one rule for a cart an event names: its latest state wins, unless the cart belongs to
+# another customer (then no row is returned, and the event is refused).
+_CART_UPSERT = """
 ON CONFLICT (external_id) DO UPDATE
    SET total = excluded.total, currency = excluded.currency,
        checkout_url = excluded.checkout_url, items = excluded.items,
        updated_at = excluded.updated_at
  WHERE marketing_cart.customer_id = excluded.customer_id
-RETURNING id
 """
+
+_CART_SQL = (
+    """
+INSERT INTO marketing_cart
+       (external_id, customer_id, total, currency, checkout_url, items, created_at, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+"""
+    + _CART_UPSERT
+    + "RETURNING id"
+)
 
 _PAYMENT_SQL = """
 INSERT INTO marketing_payment
@@ -370,11 +378,9 @@ _EVENT_AT_ONCE_SQL = (
            %(cart_items)s::jsonb, %(now)s, %(now)s
       FROM customer, event
      WHERE %(cart_id)s::text IS NOT NULL
-    ON CONFLICT (external_id) DO UPDATE
-       SET total = excluded.total, currency = excluded.currency,
-           checkout_url = excluded.checkout_url, items = excluded.items,
-           updated_at = excluded.updated_at
-     WHERE marketing_cart.customer_id = excluded.customer_id
+"""
+    + _CART_UPSERT
+    + """
     RETURNING id, external_id
 ), payment AS (
     INSERT INTO marketing_payment
@@ -570,20 +576,18 @@ SELECT %s, event_id, type, customer_id, occurred_at, %s, payload::jsonb, body_sh
 ON CONFLICT (source, event_id) DO NOTHING
 RETURNING id, event_id
 """
-_BATCH_CARTS_SQL = """
+_BATCH_CARTS_SQL = (
+    """
 INSERT INTO marketing_cart
        (external_id, customer_id, total, currency, checkout_url, items, created_at, updated_at)
 SELECT id, customer_id, total, currency, checkout_url, items::jsonb, %s, %s
   FROM unnest(%s::text[], %s::bigint[], %s::numeric[], %s::text[], %s::text[], %s::text[])
        AS v(id, customer_id, total, currency, checkout_url, items)
  ORDER BY id
-ON CONFLICT (external_id) DO UPDATE
-   SET total = excluded.total, currency = excluded.currency,
-       checkout_url = excluded.checkout_url, items = excluded.items,
-       updated_at = excluded.updated_at
- WHERE marketing_cart.customer_id = excluded.customer_id
-RETURNING external_id
 """
+    + _CART_UPSERT
+    + "RETURNING external_id"
+)
 _BATCH_PAYMENTS_SQL = """
 INSERT INTO marketing_payment
        (external_id, customer_id, cart_id, amount, currency, discount_code, created_at)
