@@ -93,11 +93,13 @@ def events_exits_apply(*, events: list[Event]) -> int:
                 [e.customer_id for e in group],
                 [e.occurred_at for e in group],
                 [f"cancelled by {describe_event(e)}" for e in group],
-                [selectors.exit_cart_id(e) or "" for e in group],
                 list(journey_ids),
             ]
-            sql = _CANCEL_CART_SQL if scope == Journey.ExitScope.CART else _CANCEL_SQL
-            cursor.execute(sql, params)
+            if scope == Journey.ExitScope.CART:
+                params.insert(3, [selectors.exit_cart_id(e) for e in group])
+                cursor.execute(_CANCEL_CART_SQL, params)
+            else:
+                cursor.execute(_CANCEL_SQL, params)
             cancelled += cursor.rowcount
     return cancelled
 
@@ -107,8 +109,7 @@ def events_exits_apply(*, events: list[Event]) -> int:
 _CANCEL_SQL = """
 UPDATE journeys_scheduledsend s
    SET status = 'cancelled', reason = v.reason, updated_at = now()
-  FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[])
-       AS v(customer_id, occurred_at, reason, cart_id)
+  FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[]) AS v(customer_id, occurred_at, reason)
  WHERE s.customer_id = v.customer_id AND s.status IN ('pending', 'sending')
    AND s.journey_id = ANY(%s::bigint[]) AND s.trigger_occurred_at <= v.occurred_at
 """

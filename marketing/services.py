@@ -215,11 +215,11 @@ def _db_datetime(value: datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
 
-def _customer_store(*, user: dict[str, Any], as_of: datetime) -> int:
-    """Insert or update the event's customer and return its id, in one statement. The
-    upsert locks the row until commit, which serialises what happens to one customer."""
+def _profile(user: dict[str, Any]) -> dict[str, Any]:
+    """The customer columns an event's `user` sets, in the upserts' order: its id, then the
+    six profile fields, None where the event leaves the field out (the customer keeps it)."""
     consent = user.get("consent") or {}
-    params = {
+    return {
         "id": user["id"],
         "email": user.get("email"),
         "phone": user.get("phone"),
@@ -227,6 +227,14 @@ def _customer_store(*, user: dict[str, Any], as_of: datetime) -> int:
         "timezone": user.get("timezone"),
         "consent_email": consent.get("email"),
         "consent_sms": consent.get("sms"),
+    }
+
+
+def _customer_store(*, user: dict[str, Any], as_of: datetime) -> int:
+    """Insert or update the event's customer and return its id, in one statement. The
+    upsert locks the row until commit, which serialises what happens to one customer."""
+    params = {
+        **_profile(user),
         "as_of": _db_datetime(as_of),
         "now": _db_datetime(timezone.now()),
     }
@@ -409,16 +417,9 @@ def _event_store_at_once(
     """What _event_store_stepwise does, in one statement; None when the statement could not
     find the customer (an older event for a customer created concurrently: the statement's
     snapshot does not show it), and wrote nothing."""
-    user, cart, payment = data["user"], data.get("cart") or {}, data.get("payment") or {}
-    consent = user.get("consent") or {}
+    cart, payment = data.get("cart") or {}, data.get("payment") or {}
     params = {
-        "id": user["id"],
-        "email": user.get("email"),
-        "phone": user.get("phone"),
-        "first_name": user.get("first_name"),
-        "timezone": user.get("timezone"),
-        "consent_email": consent.get("email"),
-        "consent_sms": consent.get("sms"),
+        **_profile(data["user"]),
         "as_of": data["occurred_at"],
         "now": received_at,
         "source": source,
@@ -620,17 +621,7 @@ def _customer_columns(rows: list[tuple[dict[str, Any], datetime]]) -> list[list[
     """The unnest() arrays of customer profiles: id, the six fields (None = not given), as_of."""
     columns: list[list[Any]] = [[] for _ in range(8)]
     for user, as_of in rows:
-        consent = user.get("consent") or {}
-        values = (
-            user["id"],
-            user.get("email"),
-            user.get("phone"),
-            user.get("first_name"),
-            user.get("timezone"),
-            consent.get("email"),
-            consent.get("sms"),
-            as_of,
-        )
+        values = [*_profile(user).values(), as_of]
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     return columns

@@ -16,6 +16,7 @@ from journeys.services import demo_journeys_ensure
 from marketing import services
 from marketing.api.serializers import EventSerializer
 from marketing.models import Cart, Customer, Event, Payment
+from tests.journeys.test_engine import make_journey
 
 pytestmark = [
     pytest.mark.django_db,
@@ -159,7 +160,8 @@ def run(apply: Any) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
 @pytest.mark.parametrize("seed", range(25))
 def test_a_batch_does_what_its_events_do_one_by_one(seed):
     rng = random.Random(seed)
-    demo_journeys_ensure()
+    demo_journeys_ensure()  # exits per customer
+    make_journey(slug="per-cart", dedupe="every", exit_scope="cart")  # and per cart
     # a history: customers with carts and pending sends, some events already stored
     for payload in random_batch(rng, 12):
         services._ingest_or_refusal(Event.Source.WEBHOOK, *validated([payload])[0])
