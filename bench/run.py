@@ -642,7 +642,8 @@ def unapplied_count() -> int:
 
 def apply_round(seconds: float, logs: Path) -> float:
     """Events applied to journeys per second by the ticker and the messaging cluster, out of
-    the backlog the ingest round left (a webhook stores; the workers enrol afterwards).
+    the backlog the ingest round left (a webhook stores; the workers enrol afterwards), until
+    the backlog is gone or `seconds` have passed.
     Whatever is still unapplied after `seconds` is marked so by SQL, so it does not load the
     next dispatch run."""
     backlog = unapplied_count()
@@ -650,8 +651,11 @@ def apply_round(seconds: float, logs: Path) -> float:
     try:
         start_engine(procs)
         before, started = unapplied_count(), time.monotonic()
-        time.sleep(seconds)
-        after, elapsed = unapplied_count(), time.monotonic() - started
+        after = before
+        while after and time.monotonic() - started < seconds:  # until done, or time is up
+            time.sleep(0.25)
+            after = unapplied_count()
+        elapsed = time.monotonic() - started
         procs.check_alive()
     finally:
         procs.stop()

@@ -9,7 +9,7 @@ from django.db.models.signals import post_delete, post_save
 from journeys import selectors, services
 from journeys.models import Journey, JourneyStep
 from marketing.models import Event
-from marketing.signals import event_applying, events_stored
+from marketing.signals import events_applying, events_stored
 
 
 def cancel_on_exit(sender: type, events: list[Event], **kwargs: Any) -> None:
@@ -19,10 +19,10 @@ def cancel_on_exit(sender: type, events: list[Event], **kwargs: Any) -> None:
     services.events_exits_apply(events=events)
 
 
-def apply_event(sender: type, event: Event, **kwargs: Any) -> None:
-    """On a messaging worker, with the customer locked: exits again (sends enrolled since
-    the event was stored), then enrolments."""
-    services.event_apply(event=event)
+def apply_events(sender: type, events: list[Event], **kwargs: Any) -> None:
+    """On a messaging worker, with the customers locked: each event's exits again (sends
+    enrolled since it was stored), then its enrolments."""
+    services.events_apply(events=events)
 
 
 def forget_journeys(sender: type, **kwargs: Any) -> None:
@@ -36,4 +36,4 @@ def connect() -> None:
                 forget_journeys, sender=model, dispatch_uid=f"journeys-forget-{model.__name__}"
             )
     events_stored.connect(cancel_on_exit, sender=Event, dispatch_uid="journeys-cancel-on-exit")
-    event_applying.connect(apply_event, sender=Event, dispatch_uid="journeys-apply-event")
+    events_applying.connect(apply_events, sender=Event, dispatch_uid="journeys-apply-events")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -69,28 +67,6 @@ def known_event_types() -> set[str]:
     """Types a journey may use: built-in, configured, and any type already received."""
     seen = Event.objects.values_list("type", flat=True).distinct()
     return set(EventType.values) | set(settings.NUDGE_EXTRA_EVENT_TYPES) | set(seen)
-
-
-def exit_event_since(
-    *,
-    customer_id: int,
-    exit_types: Iterable[str],
-    since: datetime,
-    cart_external_id: str | None = None,
-    exclude_event_id: int | None = None,
-) -> Event | None:
-    """The earliest exit event of the customer that occurred at or after `since`."""
-    types = list(exit_types)
-    if not types:
-        return None
-    events = Event.objects.filter(
-        customer_id=customer_id, type__in=types, occurred_at__gte=since
-    ).order_by("occurred_at", "pk")
-    if exclude_event_id is not None:
-        events = events.exclude(pk=exclude_event_id)
-    if cart_external_id is None:
-        return events.first()
-    return next((e for e in events if exit_cart_id(e) == cart_external_id), None)
 
 
 def exit_cart_id(event: Event) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from journeys.durations import humanize
 from journeys.models import Enrollment, Journey, JourneyStep, ScheduledSend
 from journeys.rendering import render
 from journeys.specs import JourneySpec, journey_spec_parse
-from marketing.models import Cart, Channel, Customer, Event
+from marketing.models import Cart, Channel, Event
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,9 @@ def describe_event(event: Event) -> str:
 def _event_cart_id(event: Event) -> str | None:
     """The cart a trigger event is about (its cart, else its payment's cart)."""
     payload = event.payload if isinstance(event.payload, dict) else {}
-    for key, field in (("cart", "id"), ("payment", "cart_id")):
-        if isinstance(payload.get(key), dict) and payload[key].get(field):
-            return str(payload[key][field])
+    for key, name in (("cart", "id"), ("payment", "cart_id")):
+        if isinstance(payload.get(key), dict) and payload[key].get(name):
+            return str(payload[key][name])
     return None
 
 
@@ -125,19 +125,28 @@ UPDATE journeys_scheduledsend s
 """
 
 
-def event_apply(*, event: Event) -> None:
-    """What one stored event means for journeys: first the exits it causes (again: sends
-    enrolled since it was stored), then the enrolments. Runs in services.events_apply's
-    transaction, with the customer row locked."""
-    if event.customer_id is None:
+def events_apply(*, events: list[Event]) -> None:
+    """What stored events mean for journeys, event by event in id order: first the exits it
+    causes (again: sends enrolled since it was stored, some by earlier events of the same
+    chunk), then its enrolments. Runs in services.events_apply's transaction (marketing's),
+    with the customers locked.
+
+    A chunk's reads are done once for all its events (active sends, earlier enrolments, carts,
+    exit events), the decisions in memory in the same order as one by one, and the writes
+    with one statement per table: a worker's cost per event is then mostly PostgreSQL's.
+    """
+    events = sorted((e for e in events if e.customer_id is not None), key=lambda e: e.pk)
+    if not events:
         return
     journeys = selectors.journeys_all()
-    exited = [j for j in journeys if event.type in j.exit_on]
-    if exited:
-        scheduled_send_cancel_for_exit(event=event, journeys=exited)
-    for journey in journeys:
-        if journey.active and journey.trigger == event.type:
-            enrollment_start(journey=journey, event=event)
+    chunk = _Chunk.load(events, journeys)
+    for event in events:
+        chunk.exit(event, [j for j in journeys if event.type in j.exit_on])
+        for journey in journeys:
+            if journey.active and journey.trigger == event.type:
+                note = chunk.enrol(journey, event)
+                logger.debug("event %s, journey %s: %s", event.pk, journey.slug, note)
+    chunk.save()
 
 
 @transaction.atomic(savepoint=False)
@@ -164,93 +173,195 @@ def scheduled_send_cancel_for_exit(*, event: Event, journeys: list[Journey]) -> 
     return cancelled
 
 
-@dataclass(frozen=True)
-class EnrollmentOutcome:
-    enrollment: Enrollment | None
-    note: str
+# Cancellations decided while applying a chunk, for sends stored before it: one UPDATE, and
+# only rows still active (a worker may have sent one meanwhile: it is not ours to cancel).
+_CANCEL_IDS_SQL = """
+UPDATE journeys_scheduledsend s
+   SET status = 'cancelled', reason = v.reason, updated_at = now()
+  FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason)
+ WHERE s.id = v.id AND s.status IN ('pending', 'sending')
+"""
 
 
-@transaction.atomic(savepoint=False)
-def enrollment_start(*, journey: Journey, event: Event) -> EnrollmentOutcome:
-    """Enrol the event's customer into `journey` and write its ScheduledSend rows.
+@dataclass
+class _Chunk:
+    """A chunk of events being applied: what they read, loaded once, and what they write,
+    kept until save(). Decisions are the ones each event would take alone, in order: an
+    event sees the sends and enrolments of the events before it in the chunk.
 
-    Decisions use the events' occurred_at, not arrival order: an exit event that occurred
-    after this trigger (even one that arrived first) cancels the new sends at once.
+    Complete because the customers are locked: no other applier or webhook changes their
+    sends meanwhile; a worker may only take a send out of the active ones (sent, skipped),
+    and save() cancels only rows still active.
     """
-    if event.customer_id is None:
-        return EnrollmentOutcome(None, "event has no customer")
-    customer = event.customer
-    assert customer is not None
-    occurred = event.occurred_at
-    # the prefetched steps when the journey came from selectors.journeys_all()
-    steps = sorted(journey.steps.all(), key=lambda step: step.position)
-    if not steps:
-        return EnrollmentOutcome(None, "journey has no steps")
 
-    chain_started_at = occurred
-    if journey.dedupe != Journey.Dedupe.EVERY:
-        active = list(
-            ScheduledSend.objects.active()
-            .filter(journey=journey, customer=customer)
-            .select_related("enrollment")
+    active: dict[int, list[ScheduledSend]]  # customer id -> active sends, stored and new
+    enrolled: dict[tuple[int, int], list[datetime]]  # (journey, customer) -> triggers
+    carts: dict[str, Cart]  # external id -> cart
+    exits: dict[int, list[Event]]  # customer id -> candidate exit events, earliest first
+    cancelled: dict[int, str] = field(default_factory=dict)  # stored send id -> reason
+    enrollments: list[Enrollment] = field(default_factory=list)
+    sends: list[ScheduledSend] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, events: list[Event], journeys: list[Journey]) -> _Chunk:
+        customer_ids = {e.customer_id for e in events}
+        triggers = [(j, e) for e in events for j in journeys if j.active and j.trigger == e.type]
+        triggered = {j.pk: j for j, _ in triggers}
+        # sends an event may cancel: by its exits, or by superseding them
+        watched = {j.pk for e in events for j in journeys if e.type in j.exit_on}
+        watched |= {pk for pk, j in triggered.items() if j.dedupe != Journey.Dedupe.EVERY}
+        active: dict[int, list[ScheduledSend]] = {}
+        if watched:
+            for send in (
+                ScheduledSend.objects.active()
+                .filter(customer_id__in=customer_ids, journey_id__in=watched)
+                .select_related("cart", "enrollment")
+                .order_by("-due_at", "pk")
+            ):
+                active.setdefault(send.customer_id, []).append(send)
+        enrolled: dict[tuple[int, int], list[datetime]] = {}
+        checked = [pk for pk, j in triggered.items() if j.reentry != Journey.Reentry.EVERY]
+        if checked:
+            for journey_id, customer_id, occurred in Enrollment.objects.filter(
+                journey_id__in=checked, customer_id__in={e.customer_id for _, e in triggers}
+            ).values_list("journey_id", "customer_id", "trigger_occurred_at"):
+                enrolled.setdefault((journey_id, customer_id), []).append(occurred)
+        cart_ids = {cart_id for _, e in triggers if (cart_id := _event_cart_id(e))}
+        carts = {c.external_id: c for c in Cart.objects.filter(external_id__in=cart_ids)}
+        exits: dict[int, list[Event]] = {}
+        exit_types = {t for j in triggered.values() for t in j.exit_on}
+        if exit_types:
+            for event in (
+                Event.objects.filter(
+                    customer_id__in={e.customer_id for _, e in triggers},
+                    type__in=exit_types,
+                    occurred_at__gte=min(e.occurred_at for _, e in triggers),
+                )
+                .order_by("occurred_at", "pk")
+                .only("id", "event_id", "type", "customer_id", "occurred_at", "payload")
+            ):
+                assert event.customer_id is not None
+                exits.setdefault(event.customer_id, []).append(event)
+        return cls(active=active, enrolled=enrolled, carts=carts, exits=exits)
+
+    def _cancel(self, send: ScheduledSend, reason: str) -> None:
+        send.status, send.reason = Status.CANCELLED, reason
+        self.active[send.customer_id].remove(send)
+        if send.pk is not None:
+            self.cancelled[send.pk] = reason
+
+    def exit(self, event: Event, journeys: list[Journey]) -> None:
+        """The customer's active sends in `journeys` (exited by `event`) whose trigger
+        occurred no later than it; per cart for journeys whose exit scope is the cart."""
+        if not journeys:
+            return
+        assert event.customer_id is not None
+        scopes = {j.pk: j.exit_scope for j in journeys}
+        cart_id = selectors.exit_cart_id(event)
+        reason = f"cancelled by {describe_event(event)}"
+        for send in list(self.active.get(event.customer_id, [])):
+            scope = scopes.get(send.journey_id)
+            if scope is None or send.trigger_occurred_at > event.occurred_at:
+                continue
+            if scope == Journey.ExitScope.CART and (
+                cart_id is None or send.cart is None or send.cart.external_id != cart_id
+            ):
+                continue
+            self._cancel(send, reason)
+
+    def _reentry_refusal(self, journey: Journey, customer_id: int, occurred: datetime) -> str:
+        previous = self.enrolled.get((journey.pk, customer_id), [])
+        if journey.reentry == Journey.Reentry.ONCE and previous:
+            return "ignored: already enrolled once (re-entry once)"
+        if journey.reentry == Journey.Reentry.PERIOD and journey.reentry_period:
+            window = journey.reentry_period
+            if any(occurred - window < at < occurred + window for at in previous):
+                return f"ignored: enrolled less than {humanize(window)} ago (re-entry per period)"
+        return ""
+
+    def _exit_event_since(
+        self, journey: Journey, event: Event, cart_id: str | None
+    ) -> Event | None:
+        """The earliest exit event of the customer that occurred at or after the trigger
+        (with a cart-scoped journey and a cart: one about that cart)."""
+        assert event.customer_id is not None
+        for candidate in self.exits.get(event.customer_id, []):
+            if (
+                candidate.type in journey.exit_on
+                and candidate.occurred_at >= event.occurred_at
+                and candidate.pk != event.pk
+                and (
+                    journey.exit_scope != Journey.ExitScope.CART
+                    or cart_id is None
+                    or selectors.exit_cart_id(candidate) == cart_id
+                )
+            ):
+                return candidate
+        return None
+
+    def enrol(self, journey: Journey, event: Event) -> str:
+        """Enrol the event's customer into `journey` and schedule its steps; returns what
+        happened. Decisions use the events' occurred_at, not arrival order: an exit event
+        that occurred after this trigger (even one that arrived first) cancels the new sends
+        at once."""
+        customer_id = event.customer_id
+        assert customer_id is not None
+        occurred = event.occurred_at
+        # the prefetched steps of selectors.journeys_all()
+        steps = sorted(journey.steps.all(), key=lambda step: step.position)
+        if not steps:
+            return "journey has no steps"
+
+        chain_started_at = occurred
+        if journey.dedupe != Journey.Dedupe.EVERY:
+            active = [s for s in self.active.get(customer_id, []) if s.journey_id == journey.pk]
+            if active:
+                current = active[0].enrollment
+                if journey.dedupe == Journey.Dedupe.FIRST:
+                    return "ignored: already pending (dedupe first)"
+                if occurred < current.trigger_occurred_at:
+                    return "ignored: a later trigger is already pending"
+                for send in active:
+                    self._cancel(send, f"superseded by {describe_event(event)}")
+                chain_started_at = current.chain_started_at
+            elif refusal := self._reentry_refusal(journey, customer_id, occurred):
+                return refusal
+        elif refusal := self._reentry_refusal(journey, customer_id, occurred):
+            return refusal
+
+        cart_id = _event_cart_id(event)
+        cart = self.carts.get(cart_id) if cart_id else None
+        anchor = occurred
+        if journey.dedupe == Journey.Dedupe.LATEST and journey.max_wait is not None:
+            anchor = min(occurred, chain_started_at + journey.max_wait)
+        enrollment = Enrollment(
+            journey=journey,
+            customer_id=customer_id,
+            cart=cart,
+            trigger_event=event,
+            trigger_occurred_at=occurred,
+            chain_started_at=chain_started_at,
         )
-        if active:
-            current = active[0].enrollment
-            if journey.dedupe == Journey.Dedupe.FIRST:
-                return EnrollmentOutcome(None, "ignored: already pending (dedupe first)")
-            if occurred < current.trigger_occurred_at:
-                return EnrollmentOutcome(None, "ignored: a later trigger is already pending")
-            # .active() again: a worker may have sent one while we waited for its row lock
-            ScheduledSend.objects.active().filter(pk__in=[s.pk for s in active]).update(
-                status=Status.CANCELLED,
-                reason=f"superseded by {describe_event(event)}",
-                updated_at=Now(),
-            )
-            chain_started_at = current.chain_started_at
-        elif refusal := _reentry_refusal(journey, customer, occurred):
-            return EnrollmentOutcome(None, refusal)
-    elif refusal := _reentry_refusal(journey, customer, occurred):
-        return EnrollmentOutcome(None, refusal)
-
-    cart_id = _event_cart_id(event)
-    cart = Cart.objects.filter(external_id=cart_id).first() if cart_id else None
-    anchor = occurred
-    if journey.dedupe == Journey.Dedupe.LATEST and journey.max_wait is not None:
-        anchor = min(occurred, chain_started_at + journey.max_wait)
-    enrollment = Enrollment.objects.create(
-        journey=journey,
-        customer=customer,
-        cart=cart,
-        trigger_event=event,
-        trigger_occurred_at=occurred,
-        chain_started_at=chain_started_at,
-    )
-    exit_event = selectors.exit_event_since(
-        customer_id=customer.pk,
-        exit_types=journey.exit_on,
-        since=occurred,
-        cart_external_id=cart_id if journey.exit_scope == Journey.ExitScope.CART else None,
-        exclude_event_id=event.pk,
-    )
-    dedupe_key = str(customer.pk)
-    if journey.dedupe == Journey.Dedupe.EVERY:
-        dedupe_key = f"{customer.pk}:{event.pk}"
-    now = timezone.now()
-    sends = []
-    for step in steps:
-        due_at = anchor + step.delay
-        status, reason = Status.PENDING, ""
-        if exit_event is not None:
-            status, reason = Status.CANCELLED, f"cancelled by {describe_event(exit_event)}"
-        elif now - due_at > journey.max_lateness:
-            status, reason = Status.SKIPPED, f"stale: {humanize(now - due_at)} late at enrolment"
-        sends.append(
-            ScheduledSend(
+        self.enrollments.append(enrollment)
+        self.enrolled.setdefault((journey.pk, customer_id), []).append(occurred)
+        exit_event = self._exit_event_since(journey, event, cart_id)
+        dedupe_key = str(customer_id)
+        if journey.dedupe == Journey.Dedupe.EVERY:
+            dedupe_key = f"{customer_id}:{event.pk}"
+        now = timezone.now()
+        for step in steps:
+            due_at = anchor + step.delay
+            status, reason = Status.PENDING, ""
+            if exit_event is not None:
+                status, reason = Status.CANCELLED, f"cancelled by {describe_event(exit_event)}"
+            elif (late := now - due_at) > journey.max_lateness:
+                status, reason = Status.SKIPPED, f"stale: {humanize(late)} late at enrolment"
+            send = ScheduledSend(
                 enrollment=enrollment,
                 journey=journey,
                 step=step,
                 step_position=step.position,
-                customer=customer,
+                customer_id=customer_id,
                 cart=cart,
                 channel=step.channel,
                 trigger_occurred_at=occurred,
@@ -265,22 +376,31 @@ def enrollment_start(*, journey: Journey, event: Event) -> EnrollmentOutcome:
                 ),
                 discount_percent=step.discount_percent,
             )
-        )
-    ScheduledSend.objects.bulk_create(sends)
-    return EnrollmentOutcome(enrollment, "enrolled")
+            self.sends.append(send)
+            if status == Status.PENDING:
+                active_sends = self.active.setdefault(customer_id, [])
+                active_sends.append(send)
+                active_sends.sort(key=lambda s: s.due_at, reverse=True)
+        return "enrolled"
 
-
-def _reentry_refusal(journey: Journey, customer: Customer, occurred: datetime) -> str | None:
-    previous = Enrollment.objects.filter(journey=journey, customer=customer)
-    if journey.reentry == Journey.Reentry.ONCE and previous.exists():
-        return "ignored: already enrolled once (re-entry once)"
-    if journey.reentry == Journey.Reentry.PERIOD and journey.reentry_period:
-        window = journey.reentry_period
-        if previous.filter(
-            trigger_occurred_at__gt=occurred - window, trigger_occurred_at__lt=occurred + window
-        ).exists():
-            return f"ignored: enrolled less than {humanize(window)} ago (re-entry per period)"
-    return None
+    def save(self) -> None:
+        """The chunk's writes: the cancellations of stored sends first (a new send may take
+        the place of one), then the enrolments and their sends."""
+        if self.cancelled:
+            ids = sorted(self.cancelled)
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(_CANCEL_IDS_SQL, [ids, [self.cancelled[i] for i in ids]])
+            else:
+                by_reason: dict[str, list[int]] = {}
+                for send_id in ids:
+                    by_reason.setdefault(self.cancelled[send_id], []).append(send_id)
+                for reason, send_ids in by_reason.items():
+                    ScheduledSend.objects.active().filter(pk__in=send_ids).update(
+                        status=Status.CANCELLED, reason=reason, updated_at=Now()
+                    )
+        Enrollment.objects.bulk_create(self.enrollments)
+        ScheduledSend.objects.bulk_create(self.sends)
 
 
 # --- operators ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from marketing.models import Cart, Customer, Event, EventType, Payment
-from marketing.signals import event_applying, events_stored
+from marketing.signals import events_applying, events_stored
 
 logger = logging.getLogger(__name__)
 
@@ -871,14 +871,24 @@ def events_claim_unapplied(*, limit: int, lease: timedelta) -> list[int]:
 
 
 def events_apply(*, event_ids: list[int]) -> int:
-    """Apply stored events' effects on journeys (enrolments), each in its own transaction
-    with the customer locked; an event already applied is skipped. Returns how many were
-    applied. An event whose receivers fail keeps its error and is retried after the lease,
-    until it has failed NUDGE_SEND_MAX_ATTEMPTS times; the others go on."""
-    applied = 0
-    for event_id in sorted(event_ids):
+    """Apply stored events' effects on journeys (enrolments); an event already applied is
+    skipped. Returns how many were applied.
+
+    The chunk is applied in one transaction with its customers locked (journeys read what
+    they need once for all of it). If that fails, each event is applied in its own
+    transaction: an event whose receivers fail keeps its error and is retried after the
+    lease, until it has failed NUDGE_SEND_MAX_ATTEMPTS times; the others go on.
+    """
+    ids = sorted(set(event_ids))
+    if len(ids) > 1:
         try:
-            applied += _event_apply(event_id)
+            return _events_apply_together(ids)
+        except Exception:
+            logger.warning("applying %d events together failed", len(ids), exc_info=True)
+    applied = 0
+    for event_id in ids:
+        try:
+            applied += _events_apply_together([event_id])
         except DatabaseError:
             raise  # the database is unavailable: the task fails, the lease brings it back
         except Exception as exc:
@@ -891,15 +901,26 @@ def events_apply(*, event_ids: list[int]) -> int:
 
 
 @transaction.atomic
-def _event_apply(event_id: int) -> bool:
-    event = Event.objects.select_for_update().filter(pk=event_id, applied_at__isnull=True).first()
-    if event is None:
-        return False
-    if event.customer_id is not None:
-        event.customer = Customer.objects.select_for_update().get(pk=event.customer_id)
-    event_applying.send(sender=Event, event=event)
-    Event.objects.filter(pk=event_id).update(applied_at=Now(), apply_error="")
-    return True
+def _events_apply_together(event_ids: list[int]) -> int:
+    # Events, then customers, each in id order: appliers never wait for each other in a
+    # cycle, and a webhook locks one customer (a batch: its customers in id order).
+    events = list(
+        Event.objects.select_for_update()
+        .filter(pk__in=event_ids, applied_at__isnull=True)
+        .order_by("pk")
+    )
+    if not events:
+        return 0
+    customers = Customer.objects.select_for_update().filter(
+        pk__in={e.customer_id for e in events if e.customer_id is not None}
+    )
+    by_id = {customer.pk: customer for customer in customers.order_by("pk")}
+    for event in events:
+        if event.customer_id is not None:
+            event.customer = by_id[event.customer_id]
+    events_applying.send(sender=Event, events=events)
+    Event.objects.filter(pk__in=[e.pk for e in events]).update(applied_at=Now(), apply_error="")
+    return len(events)
 
 
 def events_apply_pending() -> int:

@@ -7,13 +7,15 @@ event (a payment) ends, taking their row locks before the event commits, so a ra
 dispatch either sees the cancellation or finishes first.
 They must be quick (a few set-based statements), and never call the outside world.
 
-`event_applying` is sent later, by services.events_apply on a messaging worker, inside the
-transaction that marks the event applied, with the customer row locked: journeys enrol the
-customer there. A receiver's writes commit or roll back together with the mark, so an event
-is applied once, and an event whose receiver fails is retried.
+`events_applying` is sent later, by services.events_apply on a messaging worker, with
+`events=[<Event>, ...]` (a chunk of stored events, in id order, with `event.customer` set),
+inside the transaction that marks them applied, with their customer rows locked: journeys
+enrol the customers there. A receiver's writes commit or roll back together with the mark,
+so an event is applied once. If the chunk fails, each of its events is sent again alone, in
+its own transaction; an event whose receiver fails keeps its error and is retried.
 """
 
 from django.dispatch import Signal
 
 events_stored = Signal()
-event_applying = Signal()
+events_applying = Signal()

@@ -17,7 +17,7 @@ from journeys.models import Enrollment, ScheduledSend
 from marketing import services as marketing_services
 from marketing.api.serializers import EventSerializer
 from marketing.models import Customer, Event
-from marketing.signals import event_applying
+from marketing.signals import events_applying
 from tests.journeys.conftest import dispatch_due, ingest, make_event, minutes_ago, sends
 from tests.journeys.test_engine import make_journey
 
@@ -92,16 +92,16 @@ def test_an_opt_out_holds_from_its_answer_on():
 
 @pytest.fixture
 def failing_receiver():
-    failures = {"left": 1}
+    """A receiver that fails on event e1 until the test says it is fixed."""
+    failing = {"e1": True}
 
-    def fail(sender: type, event: Event, **kwargs: Any) -> None:
-        if failures["left"]:
-            failures["left"] -= 1
+    def fail(sender: type, events: list[Event], **kwargs: Any) -> None:
+        if any(failing.get(event.event_id) for event in events):
             raise RuntimeError("template store unreachable")
 
-    event_applying.connect(fail, dispatch_uid="test-failing-receiver", weak=False)
-    yield failures
-    event_applying.disconnect(dispatch_uid="test-failing-receiver")
+    events_applying.connect(fail, dispatch_uid="test-failing-receiver", weak=False)
+    yield failing
+    events_applying.disconnect(dispatch_uid="test-failing-receiver")
 
 
 def test_an_event_whose_application_fails_keeps_the_error_and_is_retried(failing_receiver):
@@ -120,6 +120,7 @@ def test_an_event_whose_application_fails_keeps_the_error_and_is_retried(failing
     assert [send.cart.external_id for send in sends()] == ["c_2"]
 
     assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == []
+    failing_receiver["e1"] = False  # the template store is back
     Event.objects.update(apply_claimed_at=timezone.now() - 2 * LEASE)  # its lease ran out
     assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == [bad.pk]
     assert marketing_services.events_apply(event_ids=[bad.pk]) == 1

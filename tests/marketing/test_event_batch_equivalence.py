@@ -25,11 +25,13 @@ pytestmark = [
 
 USERS = [f"u_{n}" for n in range(5)]
 CARTS = [f"c_{n}" for n in range(6)]
+# whole minutes from one instant: events of a customer often occur at the same time
+BASE = timezone.now().replace(second=0, microsecond=0)
 
 
 def random_event(rng: random.Random, event_id: str) -> dict[str, Any]:
     kind = rng.choice(["user_registered", "checkout_started", "payment_finished", "user_updated"])
-    occurred = timezone.now() - timedelta(minutes=rng.uniform(0, 90))
+    occurred = BASE - timedelta(minutes=rng.randrange(0, 90, 5))
     user: dict[str, Any] = {"id": rng.choice(USERS)}
     for field, values in {
         "email": ["a@example.com", "b@example.com", ""],
