@@ -61,8 +61,10 @@ def events_exits_apply(*, events: list[Event]) -> int:
     """The cancellations newly stored events cause as exit events; runs inside the
     transaction that stores them. Returns how many sends were cancelled.
 
-    One event: one indexed UPDATE per exit scope. Many (a batch, on PostgreSQL): one UPDATE
-    per group of journeys exited, over all the group's events at once.
+    On PostgreSQL: one UPDATE for all the events, whose text is fixed (a single payment pays
+    no query building for it). Elsewhere: one indexed UPDATE per event and exit scope.
+    Either way, a send that several events of a batch exit is cancelled by the first of them,
+    as if they had come one by one.
     """
     # Every event asks; the journeys' version is re-read at most every
     # NUDGE_JOURNEY_RECHECK_SECONDS (dispatch and the workers re-check exits with fresh rows).
@@ -72,56 +74,72 @@ def events_exits_apply(*, events: list[Event]) -> int:
         exited = [j for j in journeys if event.type in j.exit_on]
         if exited and event.customer_id is not None:
             exiting.append((event, exited))
-    if len(exiting) <= 1 or connection.vendor != "postgresql":
+    if connection.vendor != "postgresql":
         return sum(
             scheduled_send_cancel_for_exit(event=event, journeys=exited)
             for event, exited in exiting
         )
-    groups: dict[tuple[str, tuple[int, ...]], list[Event]] = {}
-    for event, exited in exiting:
-        for scope in {j.exit_scope for j in exited}:
-            ids = tuple(sorted(j.pk for j in exited if j.exit_scope == scope))
-            groups.setdefault((scope, ids), []).append(event)
-    cancelled = 0
+    if len(exiting) == 1:  # a send matches once at most: the simplest statement to plan
+        ((event, exited),) = exiting
+        cart_id = selectors.exit_cart_id(event)
+        per_customer = [j.pk for j in exited if j.exit_scope != Journey.ExitScope.CART]
+        per_cart = [j.pk for j in exited if j.exit_scope == Journey.ExitScope.CART and cart_id]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _CANCEL_ONE_SQL,
+                [
+                    f"cancelled by {describe_event(event)}",
+                    event.customer_id,
+                    event.occurred_at,
+                    per_customer,
+                    per_cart,
+                    cart_id,
+                ],
+            )
+            return cursor.rowcount
+    # one row per (event, journey it exits): the cart is set for journeys exited per cart
+    rows: list[tuple[int, int | None, datetime, str, int, str | None]] = []
+    for n, (event, exited) in enumerate(exiting):
+        reason, cart_id = f"cancelled by {describe_event(event)}", selectors.exit_cart_id(event)
+        for journey in exited:
+            if journey.exit_scope != Journey.ExitScope.CART:
+                rows.append((n, event.customer_id, event.occurred_at, reason, journey.pk, None))
+            elif cart_id is not None:
+                rows.append((n, event.customer_id, event.occurred_at, reason, journey.pk, cart_id))
+    if not rows:
+        return 0
     with connection.cursor() as cursor:
-        for (scope, journey_ids), group in groups.items():
-            if scope == Journey.ExitScope.CART:
-                group = [e for e in group if selectors.exit_cart_id(e) is not None]
-            if not group:
-                continue
-            params: list[Any] = [
-                [e.customer_id for e in group],
-                [e.occurred_at for e in group],
-                [f"cancelled by {describe_event(e)}" for e in group],
-                list(journey_ids),
-            ]
-            if scope == Journey.ExitScope.CART:
-                params.insert(3, [selectors.exit_cart_id(e) for e in group])
-                cursor.execute(_CANCEL_CART_SQL, params)
-            else:
-                cursor.execute(_CANCEL_SQL, params)
-            cancelled += cursor.rowcount
-    return cancelled
+        cursor.execute(_CANCEL_SQL, [list(column) for column in zip(*rows, strict=True)])
+        return cursor.rowcount
 
 
-# Exit events of a batch (PostgreSQL): the customer's active sends in the exited journeys whose
-# trigger occurred no later than the exit event; by the (customer) index of active sends.
+# One exit event (PostgreSQL): the customer's active sends in the journeys it exits per
+# customer, and in those it exits per cart about its cart, whose trigger occurred no later.
+_CANCEL_ONE_SQL = """
+UPDATE journeys_scheduledsend
+   SET status = 'cancelled', reason = %s, updated_at = now()
+ WHERE customer_id = %s AND status IN ('pending', 'sending') AND trigger_occurred_at <= %s
+   AND (journey_id = ANY(%s::bigint[])
+        OR (journey_id = ANY(%s::bigint[])
+            AND cart_id IN (SELECT id FROM marketing_cart WHERE external_id = %s)))
+"""
+# Exit events of a batch (PostgreSQL): the same, for many events at once, by the (customer)
+# index of active sends. A send several events match takes the first event's reason
+# (DISTINCT ON): an UPDATE joined to several rows would take any one of them. Only rows
+# still active are changed, also after waiting for a dispatch's lock.
 _CANCEL_SQL = """
 UPDATE journeys_scheduledsend s
-   SET status = 'cancelled', reason = v.reason, updated_at = now()
-  FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[]) AS v(customer_id, occurred_at, reason)
- WHERE s.customer_id = v.customer_id AND s.status IN ('pending', 'sending')
-   AND s.journey_id = ANY(%s::bigint[]) AND s.trigger_occurred_at <= v.occurred_at
-"""
-_CANCEL_CART_SQL = """
-UPDATE journeys_scheduledsend s
-   SET status = 'cancelled', reason = v.reason, updated_at = now()
-  FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[])
-       AS v(customer_id, occurred_at, reason, cart_id),
-       marketing_cart c
- WHERE s.customer_id = v.customer_id AND s.status IN ('pending', 'sending')
-   AND s.journey_id = ANY(%s::bigint[]) AND s.trigger_occurred_at <= v.occurred_at
-   AND c.id = s.cart_id AND c.external_id = v.cart_id
+   SET status = 'cancelled', reason = m.reason, updated_at = now()
+  FROM (SELECT DISTINCT ON (a.id) a.id, v.reason
+          FROM unnest(%s::int[], %s::bigint[], %s::timestamptz[], %s::text[], %s::bigint[],
+                      %s::text[]) AS v(n, customer_id, occurred_at, reason, journey_id, cart_id)
+          JOIN journeys_scheduledsend a
+            ON a.customer_id = v.customer_id AND a.status IN ('pending', 'sending')
+           AND a.journey_id = v.journey_id AND a.trigger_occurred_at <= v.occurred_at
+          LEFT JOIN marketing_cart c ON c.id = a.cart_id
+         WHERE v.cart_id IS NULL OR c.external_id = v.cart_id
+         ORDER BY a.id, v.n) m
+ WHERE s.id = m.id AND s.status IN ('pending', 'sending')
 """
 
 

@@ -90,6 +90,22 @@ def test_an_opt_out_holds_from_its_answer_on():
     assert sends()[0].reason == "opted out of SMS"
 
 
+def test_a_send_two_payments_of_a_batch_exit_is_cancelled_by_the_first():
+    make_journey()
+    ingest(make_event("e1", "checkout_started", at=minutes_ago(11), cart="c_1"))
+    items = []
+    for event_id, payment in (("e2", "p_2"), ("e3", "p_1")):  # p_1 after p_2, in batch order
+        payload = make_event(event_id, "payment_finished", at=minutes_ago(1), payment=payment)
+        serializer = EventSerializer(data=payload)
+        serializer.is_valid(raise_exception=True)
+        items.append((serializer.validated_data, payload))
+
+    marketing_services.events_ingest_batch(source=Event.Source.WEBHOOK, items=items)
+
+    (send,) = sends()
+    assert (send.status, send.reason) == (Status.CANCELLED, "cancelled by payment p_2")
+
+
 @pytest.fixture
 def failing_receiver():
     """A receiver that fails on event e1 until the test says it is fixed."""

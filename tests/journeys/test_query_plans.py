@@ -71,13 +71,19 @@ def test_the_event_claim_reads_the_unapplied_index(many_sends):
 
 def test_cancelling_a_customers_sends_reads_the_active_customer_index(many_sends):
     customer_id = ScheduledSend.objects.filter(customer__external_id="future7").get().customer_id
-    sends = ScheduledSend.objects.active().filter(
-        customer_id=customer_id, journey_id__in=[many_sends.pk],
-        trigger_occurred_at__lte=timezone.now(),
-    )  # fmt: skip
-    sql, params = sends.query.sql_with_params()
-    text = plan(sql, params)
-    assert "send_active_customer" in text, text
+    # a payment exiting one journey per customer and one per cart
+    params = [[0, 0], [customer_id] * 2, [timezone.now()] * 2, ["cancelled by payment p"] * 2,
+              [many_sends.pk] * 2, [None, "c_1"]]  # fmt: skip
+    one = ["cancelled by payment p", customer_id, timezone.now(), [many_sends.pk], [], None]
+    with connection.cursor() as cursor:
+        cursor.execute("SAVEPOINT explain_cancel")
+        batch_plan = plan(services._CANCEL_SQL, params)
+        one_plan = plan(services._CANCEL_ONE_SQL, one)
+        cursor.execute("ROLLBACK TO SAVEPOINT explain_cancel")
+    assert "send_active_customer" in batch_plan, batch_plan
+    for text in (batch_plan, one_plan):  # by one of the two indexes on the customer
+        assert "Index Cond: (customer_id = " in text, text
+        assert "Seq Scan on journeys_scheduledsend" not in text, text
 
 
 def test_dispatch_locks_its_chunk_by_primary_key(many_sends):
