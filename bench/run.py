@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import json
 import os
+import runpy
 import secrets
 import shutil
 import signal
@@ -47,6 +49,24 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+# Phase sizes: by default a run of every scenario takes a few minutes; --thorough runs longer
+# phases (less noise) for the figures committed in bench/RESULTS.md.
+QUICK: dict[str, float] = {
+    "sends": 2_000,
+    "steady_seconds": 3.0,
+    "ingest_seconds": 3.0,
+    "apply_seconds": 3.0,
+    "media_images": 40,
+}
+THOROUGH: dict[str, float] = {
+    "sends": 10_000,
+    "steady_seconds": 10.0,
+    "ingest_seconds": 6.0,
+    "apply_seconds": 8.0,
+    "media_images": 100,
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="make bench ARGS=...", description=__doc__)
     parser.add_argument(
@@ -56,16 +76,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="pending (future) sends in the table for the large runs",
     )
     parser.add_argument(
+        "--thorough",
+        action="store_true",
+        help="longer phases, for the figures of bench/RESULTS.md: "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in THOROUGH.items())
+        + " (flags given explicitly still win)",
+    )
+    parser.add_argument(
         "--sends",
         type=int,
-        default=20_000,
-        help="N: sends due at the same moment in each dispatch run",
+        help=f"N: sends due at the same moment in each dispatch run ({QUICK['sends']})",
     )
     parser.add_argument(
         "--naive-sends",
         type=int,
-        default=2_000,
-        help="sends through the naive one-Schedule-per-send baseline",
+        help="sends through the naive one-Schedule-per-send baseline (default: the same N as "
+        "--sends; its rate depends on N, as its scheduler looks every 30 s)",
     )
     parser.add_argument(
         "--steady-rate",
@@ -73,14 +99,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1_000.0,
         help="sends/s becoming due one after another in the lateness run",
     )
-    parser.add_argument("--steady-seconds", type=float, default=10.0)
-    parser.add_argument("--ingest-seconds", type=float, default=6.0)
+    parser.add_argument("--steady-seconds", type=float, help=f"({QUICK['steady_seconds']})")
+    parser.add_argument(
+        "--ingest-seconds", type=float, help=f"each ingest phase ({QUICK['ingest_seconds']})"
+    )
     parser.add_argument("--batch-size", type=int, default=500, help="events per batch request")
     parser.add_argument(
         "--apply-seconds",
         type=float,
-        default=8.0,
-        help="how long the workers apply the ingested events (enrolments/s)",
+        help="at most this long the workers apply the ingested events (enrolments/s) "
+        f"({QUICK['apply_seconds']})",
     )
     parser.add_argument("--cancel-samples", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; median reported")
@@ -97,12 +125,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--media-images",
         type=int,
-        default=100,
-        help="large images saturating the media cluster in the media scenario (issue 5: 500)",
+        help="large images saturating the media cluster in the media scenario "
+        f"({QUICK['media_images']}; issue 5: 500)",
     )
     parser.add_argument("--skip-media", action="store_true", help="no media scenario (nan)")
     parser.add_argument("--keep", metavar="DIR", help="keep process logs in DIR")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name, quick in QUICK.items():
+        if getattr(args, name) is None:
+            setattr(args, name, THOROUGH[name] if args.thorough else quick)
+    if args.naive_sends is None:
+        args.naive_sends = args.sends
+    return args
 
 
 # --- environment, before Django is set up ------------------------------------------------------
@@ -366,9 +400,25 @@ def start_engine(procs: Processes, settings_module: str = "bench.settings") -> l
     roots = [cluster.pid]
     if settings_module == "bench.settings":
         roots.append(procs.start("ticker", [PY, "manage.py", "nudge_ticker"]).pid)
-    time.sleep(4)  # the cluster forks its workers and connects
+    wait_for_forks(cluster.pid)
     procs.check_alive()
     return roots
+
+
+def wait_for_forks(root: int, timeout: float = 60) -> None:
+    """Until a django-q2 cluster has forked its sentinel, pusher, monitor and workers (at
+    least 5 processes, and no new one for 0.6 s): it is ready for work. Faster than a fixed
+    sleep, and the processes log only warnings, so there is no line to wait for."""
+    deadline, seen, stable_since = time.monotonic() + timeout, 0, time.monotonic()
+    while True:
+        count = len(descendants(root))
+        if count != seen:
+            seen, stable_since = count, time.monotonic()
+        elif count >= 5 and time.monotonic() - stable_since >= 0.6:
+            return
+        if time.monotonic() > deadline:
+            raise BenchFailure(f"the cluster forked only {count} processes in {timeout:.0f} s")
+        time.sleep(0.1)
 
 
 def dispatch_burst(
@@ -548,7 +598,7 @@ def settled_events_count() -> int:
     counting (one per connection at most) are stored before it is read."""
     count = events_count()
     while True:
-        time.sleep(0.5)
+        time.sleep(0.3)
         again = events_count()
         if again == count:
             return count
@@ -711,9 +761,12 @@ def web_server(logs: Path) -> Iterator[int]:
 
 def cancel_round(samples: int, prefix: str, population: int, tag: str) -> list[float]:
     """payment_finished for customers with a pending send: server time of each request,
-    through Django's full request handling (middleware, signature, view, commit)."""
+    through Django's full request handling (middleware, signature, view, commit), in this
+    process prepared as a web worker is (config/gunicorn.py: warmed up, then the start-up
+    objects frozen out of the garbage collector's walk)."""
     from django.test import Client
 
+    server_hooks = runpy.run_path(str(ROOT / "config" / "gunicorn.py"))
     client = Client()
     secret = os.environ["NUDGE_WEBHOOK_SECRET"]
     chosen = secrets.SystemRandom().sample(range(1, population + 1), samples + 5)
@@ -738,6 +791,8 @@ def cancel_round(samples: int, prefix: str, population: int, tag: str) -> list[f
         )
         if not warm_up:
             times.append((time.perf_counter() - started) * 1000)
+        elif i == 4:
+            server_hooks["post_worker_init"](worker=None)
         if response.status_code != 202:
             raise BenchFailure(f"payment refused: {response.status_code} {response.content!r}")
         (status,) = sql(
@@ -747,6 +802,7 @@ def cancel_round(samples: int, prefix: str, population: int, tag: str) -> list[f
         )[0]
         if status != "cancelled":
             raise BenchFailure(f"payment of {user} left its send {status}")
+    gc.unfreeze()
     return times
 
 

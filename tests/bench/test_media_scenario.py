@@ -13,9 +13,17 @@ LINE = re.compile(
 
 def test_media_scenario_is_on_by_default_and_takes_the_issue_scale():
     default = parse_args([])
-    assert (default.skip_media, default.media_images) == (False, 100)
-    issue = parse_args(["--media-images", "500", "--skip-media"])
+    assert (default.skip_media, default.media_images) == (False, 40)
+    assert parse_args(["--thorough"]).media_images == 100
+    issue = parse_args(["--thorough", "--media-images", "500", "--skip-media"])
     assert (issue.skip_media, issue.media_images) == (True, 500)
+
+
+def test_quick_by_default_and_thorough_on_request():
+    quick, thorough = parse_args([]), parse_args(["--thorough", "--sends", "20000"])
+    assert (quick.sends, quick.naive_sends, quick.ingest_seconds) == (2_000, 2_000, 3.0)
+    assert (thorough.sends, thorough.naive_sends, thorough.ingest_seconds) == (20_000, 20_000, 6.0)
+    assert parse_args(["--naive-sends", "500"]).naive_sends == 500
 
 
 def test_media_line_reports_ratios_of_the_same_run():
