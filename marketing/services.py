@@ -924,11 +924,16 @@ def _events_apply_together(event_ids: list[int]) -> int:
 
 
 def events_apply_pending() -> int:
-    """Apply every stored event not applied yet, in this process (tests, management)."""
+    """Apply every stored event not applied yet, in this process (tests, management), in
+    chunks of NUDGE_APPLY_CHUNK as the workers do: a chunk locks its customers until it
+    commits."""
     ids = list(
         Event.objects.filter(applied_at__isnull=True).order_by("id").values_list("id", flat=True)
     )
-    return events_apply(event_ids=ids)
+    chunk = settings.NUDGE_APPLY_CHUNK
+    return sum(
+        events_apply(event_ids=ids[start : start + chunk]) for start in range(0, len(ids), chunk)
+    )
 
 
 def event_record_host(
