@@ -113,33 +113,48 @@ def events_exits_apply(*, events: list[Event]) -> int:
         return cursor.rowcount
 
 
+# Every cancellation locks its rows in id order first (ORDER BY id FOR UPDATE), as dispatch
+# locks its chunk: a plain UPDATE locks in the order its scan meets the rows, and a payment
+# locking a customer's second send while a dispatch holds the first and waits for the second
+# would deadlock. A row that changed while we waited is re-checked (no longer active: left).
+
 # One exit event (PostgreSQL): the customer's active sends in the journeys it exits per
 # customer, and in those it exits per cart about its cart, whose trigger occurred no later.
 _CANCEL_ONE_SQL = """
-UPDATE journeys_scheduledsend
+UPDATE journeys_scheduledsend s
    SET status = 'cancelled', reason = %s, updated_at = now()
- WHERE customer_id = %s AND status IN ('pending', 'sending') AND trigger_occurred_at <= %s
-   AND (journey_id = ANY(%s::bigint[])
-        OR (journey_id = ANY(%s::bigint[])
-            AND cart_id IN (SELECT id FROM marketing_cart WHERE external_id = %s)))
+  FROM (SELECT id FROM journeys_scheduledsend
+         WHERE customer_id = %s AND status IN ('pending', 'sending')
+           AND trigger_occurred_at <= %s
+           AND (journey_id = ANY(%s::bigint[])
+                OR (journey_id = ANY(%s::bigint[])
+                    AND cart_id IN (SELECT id FROM marketing_cart WHERE external_id = %s)))
+         ORDER BY id FOR UPDATE) l
+ WHERE s.id = l.id
 """
 # Exit events of a batch (PostgreSQL): the same, for many events at once, by the (customer)
 # index of active sends. A send several events match takes the first event's reason
-# (DISTINCT ON): an UPDATE joined to several rows would take any one of them. Only rows
-# still active are changed, also after waiting for a dispatch's lock.
+# (DISTINCT ON): an UPDATE joined to several rows would take any one of them.
 _CANCEL_SQL = """
+WITH m AS (
+    SELECT DISTINCT ON (a.id) a.id, v.reason
+      FROM unnest(%s::int[], %s::bigint[], %s::timestamptz[], %s::text[], %s::bigint[],
+                  %s::text[]) AS v(n, customer_id, occurred_at, reason, journey_id, cart_id)
+      JOIN journeys_scheduledsend a
+        ON a.customer_id = v.customer_id AND a.status IN ('pending', 'sending')
+       AND a.journey_id = v.journey_id AND a.trigger_occurred_at <= v.occurred_at
+      LEFT JOIN marketing_cart c ON c.id = a.cart_id
+     WHERE v.cart_id IS NULL OR c.external_id = v.cart_id
+     ORDER BY a.id, v.n
+), l AS (
+    SELECT s.id FROM journeys_scheduledsend s JOIN m ON m.id = s.id
+     WHERE s.status IN ('pending', 'sending')
+     ORDER BY s.id FOR UPDATE OF s
+)
 UPDATE journeys_scheduledsend s
    SET status = 'cancelled', reason = m.reason, updated_at = now()
-  FROM (SELECT DISTINCT ON (a.id) a.id, v.reason
-          FROM unnest(%s::int[], %s::bigint[], %s::timestamptz[], %s::text[], %s::bigint[],
-                      %s::text[]) AS v(n, customer_id, occurred_at, reason, journey_id, cart_id)
-          JOIN journeys_scheduledsend a
-            ON a.customer_id = v.customer_id AND a.status IN ('pending', 'sending')
-           AND a.journey_id = v.journey_id AND a.trigger_occurred_at <= v.occurred_at
-          LEFT JOIN marketing_cart c ON c.id = a.cart_id
-         WHERE v.cart_id IS NULL OR c.external_id = v.cart_id
-         ORDER BY a.id, v.n) m
- WHERE s.id = m.id AND s.status IN ('pending', 'sending')
+  FROM m, l
+ WHERE s.id = m.id AND s.id = l.id
 """
 
 
@@ -191,13 +206,17 @@ def scheduled_send_cancel_for_exit(*, event: Event, journeys: list[Journey]) -> 
     return cancelled
 
 
-# Cancellations decided while applying a chunk, for sends stored before it: one UPDATE, and
-# only rows still active (a worker may have sent one meanwhile: it is not ours to cancel).
+# Cancellations decided while applying a chunk, for sends stored before it: one UPDATE, rows
+# locked in id order (see _CANCEL_ONE_SQL), and only rows still active (a worker may have
+# sent one meanwhile: it is not ours to cancel).
 _CANCEL_IDS_SQL = """
 UPDATE journeys_scheduledsend s
    SET status = 'cancelled', reason = v.reason, updated_at = now()
-  FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason)
- WHERE s.id = v.id AND s.status IN ('pending', 'sending')
+  FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason),
+       (SELECT id FROM journeys_scheduledsend
+         WHERE id = ANY(%s::bigint[]) AND status IN ('pending', 'sending')
+         ORDER BY id FOR UPDATE) l
+ WHERE s.id = v.id AND s.id = l.id
 """
 
 
@@ -408,7 +427,7 @@ class _Chunk:
             ids = sorted(self.cancelled)
             if connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
-                    cursor.execute(_CANCEL_IDS_SQL, [ids, [self.cancelled[i] for i in ids]])
+                    cursor.execute(_CANCEL_IDS_SQL, [ids, [self.cancelled[i] for i in ids], ids])
             else:
                 by_reason: dict[str, list[int]] = {}
                 for send_id in ids:

@@ -129,3 +129,82 @@ def test_payment_racing_dispatch_never_leads_to_a_send_after_the_payment_committ
 
     assert sum(outcomes.values()) == ROUNDS
     print(f"race outcomes over {ROUNDS} rounds: {outcomes}")
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks need PostgreSQL")
+def test_a_payment_locks_the_sends_it_cancels_in_dispatch_order():
+    """Dispatch locks its chunk in id order. A payment cancelling two sends of one customer
+    must take them in the same order, not in the order its scan meets them: otherwise it
+    could hold the second while a dispatch holds the first and waits for the second, a
+    deadlock PostgreSQL breaks by killing one of them."""
+    template = {"subject": "Hi", "body": "Again"}
+    second_step = {"delay": "PT20M", "channel": "email", "template": template}
+    make_journey()
+    make_journey(slug="j2", steps=[second_step])
+    ingest(make_event("co", "checkout_started", at=minutes_ago(1), cart="c_1"))
+    first, second = ScheduledSend.objects.order_by("pk").values_list("pk", flat=True)
+    # the first row moves behind the second in the table (a status change is never a HOT
+    # update: status is in the indexes' predicates), so a scan by customer meets the second
+    # first, as it does after any claim
+    ScheduledSend.objects.filter(pk=first).update(status="sending")
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute(
+            "SELECT id FROM journeys_scheduledsend WHERE customer_id = %s "
+            "AND status IN ('pending', 'sending')",
+            [ScheduledSend.objects.get(pk=first).customer_id],
+        )
+        assert [row[0] for row in cursor.fetchall()] == [second, first]
+        cursor.execute("RESET enable_seqscan")
+
+    dispatcher = psycopg2.connect(_dsn())  # a dispatch chunk, locking in id order
+    errors: list[BaseException] = []
+    try:
+        with dispatcher.cursor() as cursor:
+            cursor.execute(
+                "SELECT id FROM journeys_scheduledsend WHERE id = %s FOR UPDATE", [first]
+            )
+
+            def pay() -> None:
+                try:
+                    ingest(make_event("pay", "payment_finished", at=minutes_ago(0),
+                                      cart="c_1", payment="p_1"))  # fmt: skip
+                except BaseException as exc:  # surfaced below
+                    errors.append(exc)
+                finally:
+                    connections.close_all()
+
+            payer = threading.Thread(target=pay)
+            payer.start()
+            deadline = time.monotonic() + 10
+            while not _someone_waits_for_a_row_lock():
+                assert not errors, errors
+                assert time.monotonic() < deadline, "the payment never waited for the send"
+                time.sleep(0.05)
+            # the payment waits for the first send and holds nothing of this chunk yet
+            cursor.execute(
+                "SELECT id FROM journeys_scheduledsend WHERE id = %s FOR UPDATE NOWAIT", [second]
+            )
+            cursor.execute(
+                "UPDATE journeys_scheduledsend SET status = 'sent' WHERE id = ANY(%s)",
+                [[first, second]],
+            )
+        dispatcher.commit()
+        payer.join(timeout=30)
+    finally:
+        dispatcher.close()
+    assert not errors, errors
+    # sent before the payment committed: not cancelled afterwards
+    assert set(ScheduledSend.objects.values_list("status", flat=True)) == {"sent"}
+    assert Event.objects.filter(event_id="pay").exists()
+
+
+def _someone_waits_for_a_row_lock() -> bool:
+    # on this thread's own connection, outside any transaction: pg_stat_activity is a
+    # snapshot taken once per transaction
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database())"
+        )
+        return bool(cursor.fetchone()[0])
