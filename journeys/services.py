@@ -212,9 +212,9 @@ def scheduled_send_cancel_for_exit(*, event: Event, journeys: list[Journey]) -> 
 _CANCEL_IDS_SQL = """
 UPDATE journeys_scheduledsend s
    SET status = 'cancelled', reason = v.reason, updated_at = now()
-  FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason),
+  FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS v(id, reason),
        (SELECT id FROM journeys_scheduledsend
-         WHERE id = ANY(%s::bigint[]) AND status IN ('pending', 'sending')
+         WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('pending', 'sending')
          ORDER BY id FOR UPDATE) l
  WHERE s.id = v.id AND s.id = l.id
 """
@@ -427,7 +427,8 @@ class _Chunk:
             ids = sorted(self.cancelled)
             if connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
-                    cursor.execute(_CANCEL_IDS_SQL, [ids, [self.cancelled[i] for i in ids], ids])
+                    reasons = [self.cancelled[i] for i in ids]
+                    cursor.execute(_CANCEL_IDS_SQL, {"ids": ids, "reasons": reasons})
             else:
                 by_reason: dict[str, list[int]] = {}
                 for send_id in ids:

@@ -111,31 +111,29 @@ class PaymentAdmin(admin.ModelAdmin):
         obj.pk = saved.pk
 
 
+# The event log's columns, also the first of its read-only fields.
+EVENT_COLUMNS = (
+    "event_id",
+    "type",
+    "source",
+    "customer",
+    "occurred_at",
+    "received_at",
+    "applied_at",
+)
+
+
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
     """The event log is evidence of what happened: read-only for everyone."""
 
-    list_display = [
-        "event_id",
-        "type",
-        "source",
-        "customer",
-        "occurred_at",
-        "received_at",
-        "applied_at",
-    ]
+    list_display = EVENT_COLUMNS
     list_filter = ["source", "type", ("applied_at", admin.EmptyFieldListFilter), "received_at"]
     search_fields = ["event_id", "type", "customer__external_id", "customer__email"]
     list_select_related = ["customer"]
     date_hierarchy = "received_at"
     readonly_fields = (
-        "event_id",
-        "type",
-        "source",
-        "customer",
-        "occurred_at",
-        "received_at",
-        "applied_at",
+        *EVENT_COLUMNS,
         "apply_attempts",
         "apply_error",
         "body_sha256",
