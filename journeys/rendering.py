@@ -1,4 +1,8 @@
-"""Message templates: Django templates with `customer`, `cart`, `discount`, `journey`."""
+"""Message templates: Django templates with `customer`, `cart`, `discount`, `journey`.
+
+Messages are plain text (SMS, text email): nothing is HTML-escaped, so a name like
+"Tom & Jerry" or a checkout URL with `&` in its query reaches the customer as written.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ from django.template.base import VariableNode
 
 CONTEXT_NAMES = frozenset({"customer", "cart", "discount", "journey"})
 
-# Plain-text messages (SMS, text email): no HTML autoescaping of names and URLs.
 _engine = Engine(autoescape=False, libraries={}, builtins=["django.template.defaultfilters"])
 
 
@@ -43,4 +46,4 @@ def template_problems(source: str, *, has_discount: bool) -> list[str]:
 def render(source: str, context: dict[str, Any]) -> str:
     if "{" not in source:  # plain text: nothing to render (a common subject line)
         return source.strip()
-    return compile_template(source).render(Context(context)).strip()
+    return compile_template(source).render(Context(context, autoescape=False)).strip()
