@@ -79,6 +79,8 @@ class JourneyStep(models.Model):
     discount_valid_for = models.DurationField(
         null=True, blank=True, help_text="How long the code is valid after it is sent."
     )
+    # part of the journeys' cache version (selectors.journeys_all): an edited step is seen
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["journey", "position"]

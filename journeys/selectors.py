@@ -11,7 +11,7 @@ from django.db import connection
 from django.db.models import QuerySet
 
 from journeys.durations import format_iso_duration
-from journeys.models import Journey, ScheduledSend
+from journeys.models import Journey, JourneyStep, ScheduledSend
 from marketing.models import Event, EventType
 
 # Every event asks which journeys it triggers and exits. Journeys change rarely, so each
@@ -19,7 +19,9 @@ from marketing.models import Event, EventType
 # they changed: it also sees changes made by other processes, and rolled-back ones.
 _JOURNEYS_VERSION_SQL = """
 SELECT (SELECT count(*) FROM journeys_journey), (SELECT max(updated_at) FROM journeys_journey),
-       (SELECT count(*) FROM journeys_journeystep), (SELECT max(id) FROM journeys_journeystep)
+       (SELECT sum(id) FROM journeys_journey WHERE active),
+       (SELECT count(*) FROM journeys_journeystep), (SELECT max(id) FROM journeys_journeystep),
+       (SELECT max(updated_at) FROM journeys_journeystep)
 """
 
 
@@ -29,6 +31,8 @@ class _JourneyCache:
     loaded_at: float = 0.0
     checked_at: float = 0.0
     journeys: list[Journey] = field(default_factory=list)
+    journeys_by_id: dict[int, Journey] = field(default_factory=dict)
+    steps_by_id: dict[int, JourneyStep] = field(default_factory=dict)
 
 
 _journey_cache = _JourneyCache()
@@ -37,25 +41,42 @@ _journey_cache = _JourneyCache()
 def journeys_all(*, recheck_after: float = 0.0) -> list[Journey]:
     """Every journey, active or not, with its steps prefetched; treat them as read-only.
 
-    Cached per process while the version query above is unchanged, and at most
-    NUDGE_JOURNEY_CACHE_SECONDS (an edit of a step alone, which changes none of the version
-    figures, is seen after that long; the admin and journeys_import also save the journey).
-    With `recheck_after`, the version query itself runs at most that often (seconds); a
-    journey or step saved in this process is seen at once all the same.
+    Cached per process while the version query above is unchanged (a journey or step saved,
+    added or deleted anywhere changes it, and so does switching a journey on or off, even by
+    `QuerySet.update()`), and re-read at least every NUDGE_JOURNEY_CACHE_SECONDS all the
+    same (other changes made by `update()`, which sets no `updated_at`, or on a machine whose
+    clock is behind). With `recheck_after`, the
+    version query itself runs at most that often (seconds); a journey or step saved in this
+    process is seen at once all the same.
     """
+    return _journeys_cached(recheck_after).journeys
+
+
+def journeys_and_steps_by_id() -> tuple[dict[int, Journey], dict[int, JourneyStep]]:
+    """journeys_all() by id, and their steps by id (dispatch: the version query every time,
+    so a journey deactivated or a step edited before a chunk is locked is seen by it)."""
+    cache = _journeys_cached(0.0)
+    return cache.journeys_by_id, cache.steps_by_id
+
+
+def _journeys_cached(recheck_after: float) -> _JourneyCache:
     cache = _journey_cache
     now = time.monotonic()
     if cache.version is not None and now - cache.checked_at < recheck_after:
-        return cache.journeys
+        return cache
     with connection.cursor() as cursor:
         cursor.execute(_JOURNEYS_VERSION_SQL)
         version = tuple(cursor.fetchone() or ())
     stale = now - cache.loaded_at > settings.NUDGE_JOURNEY_CACHE_SECONDS
     if version != cache.version or stale:
         cache.journeys = list(Journey.objects.prefetch_related("steps"))
+        cache.journeys_by_id = {journey.pk: journey for journey in cache.journeys}
+        cache.steps_by_id = {
+            step.pk: step for journey in cache.journeys for step in journey.steps.all()
+        }
         cache.version, cache.loaded_at = version, now
     cache.checked_at = now
-    return cache.journeys
+    return cache
 
 
 def journeys_forget() -> None:

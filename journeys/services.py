@@ -718,13 +718,18 @@ def _dispatch_outcomes_save(sends: list[ScheduledSend]) -> None:
 
 
 def _journeys_attach(sends: list[ScheduledSend]) -> None:
-    """Give each send its journey and step, loaded once per chunk: a chunk's sends share a
-    few journeys, and building them again for every row cost more than the rest of the load."""
-    journeys = Journey.objects.in_bulk({send.journey_id for send in sends})
-    steps = JourneyStep.objects.in_bulk({send.step_id for send in sends if send.step_id})
+    """Give each send its journey and step from this process's copy of the journeys, after
+    the version query (selectors.journeys_and_steps_by_id): a chunk's sends share a few
+    journeys, and loading them again for every chunk cost a tenth of its time."""
+    journeys, steps = selectors.journeys_and_steps_by_id()
     for send in sends:
-        send.journey = journeys[send.journey_id]
-        send.step = steps.get(send.step_id) if send.step_id else None
+        # the related-object cache directly: the descriptors' checks cost more than the rest
+        _SEND_JOURNEY.set_cached_value(send, journeys[send.journey_id])
+        _SEND_STEP.set_cached_value(send, steps.get(send.step_id) if send.step_id else None)
+
+
+_SEND_JOURNEY = ScheduledSend._meta.get_field("journey")
+_SEND_STEP = ScheduledSend._meta.get_field("step")
 
 
 def _retry_or_fail(

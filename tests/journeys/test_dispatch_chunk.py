@@ -4,10 +4,13 @@ outcome, exactly as if it had been dispatched alone."""
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from journeys import services
 from journeys.channels import OutgoingMessage, get_channel
-from journeys.models import ScheduledSend
+from journeys.models import Journey, JourneyStep, ScheduledSend
 from marketing.models import Customer, Event
 from tests.journeys.conftest import ingest, make_event, minutes_ago, sends
 from tests.journeys.test_engine import make_journey
@@ -93,3 +96,42 @@ def test_an_unexpected_error_on_one_send_keeps_the_others_sent(broken_channel):
     assert broken.status == Status.SENDING  # left in flight: recovery hands it out again
     assert broken.reason.startswith("retrying after unexpected error: RuntimeError")
     assert len(broken_channel.calls) == 2
+
+
+@pytest.fixture
+def two_claimed(settings):
+    """Two claimed sends of one journey; the journeys' time limit out of the way, so only
+    the version query can tell this process that another one changed them."""
+    settings.NUDGE_JOURNEY_CACHE_SECONDS = 3600
+    journey = make_journey()
+    _checkout("a")
+    _checkout("b")
+    first, second = sorted(services.scheduled_sends_claim_due(limit=10))
+    assert services.scheduled_sends_dispatch(send_ids=[first]) == {first: Status.SENT}
+    return journey, ScheduledSend.objects.get(pk=first), second
+
+
+def test_dispatch_renders_a_step_edited_by_another_process(two_claimed):
+    journey, first, second = two_claimed
+    # as another process's save does: no post_save reaches this process
+    JourneyStep.objects.filter(journey=journey).update(
+        body="Still there? {{ cart.checkout_url }}", updated_at=timezone.now()
+    )
+    services.scheduled_sends_dispatch(send_ids=[second])
+    assert not first.body.startswith("Still there?")
+    assert ScheduledSend.objects.get(pk=second).body.startswith("Still there? ")
+
+
+def test_dispatch_sees_a_journey_deactivated_by_another_process(two_claimed):
+    journey, _, second = two_claimed
+    Journey.objects.filter(pk=journey.pk).update(active=False)  # even without updated_at
+    assert services.scheduled_sends_dispatch(send_ids=[second]) == {second: Status.CANCELLED}
+    assert ScheduledSend.objects.get(pk=second).reason == "cancelled: journey deactivated"
+
+
+def test_dispatch_reads_the_journeys_only_when_they_changed(two_claimed):
+    _, _, second = two_claimed
+    with CaptureQueriesContext(connection) as queries:
+        services.scheduled_sends_dispatch(send_ids=[second])
+    journey_reads = [q["sql"] for q in queries if "journeys_journey" in q["sql"]]
+    assert len(journey_reads) == 1 and "count(*)" in journey_reads[0]  # the version query
