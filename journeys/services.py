@@ -7,6 +7,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Now
+from django.db.models.sql import Query
 from django.utils import timezone
 
 from journeys import selectors
@@ -22,7 +24,7 @@ from journeys.durations import humanize
 from journeys.models import Enrollment, Journey, JourneyStep, ScheduledSend
 from journeys.rendering import render
 from journeys.specs import JourneySpec, journey_spec_parse
-from marketing.models import Cart, Channel, Event
+from marketing.models import Cart, Channel, Customer, Event
 
 logger = logging.getLogger(__name__)
 
@@ -558,6 +560,22 @@ def _reason_not_to_send(
     return None
 
 
+_EXIT_EVENTS_SQL = """
+SELECT * FROM marketing_event
+ WHERE customer_id IN ({customers}) AND type IN ({types}) AND occurred_at >= %s
+ ORDER BY occurred_at, id
+"""
+
+
+def _exit_events_query(
+    *, customer_ids: set[int], types: set[str], since: datetime
+) -> tuple[str, list[Any]]:
+    sql = _EXIT_EVENTS_SQL.format(
+        customers=", ".join(["%s"] * len(customer_ids)), types=", ".join(["%s"] * len(types))
+    )
+    return sql, [*customer_ids, *types, connection.ops.adapt_datetimefield_value(since)]
+
+
 def _exit_events_for(sends: list[ScheduledSend]) -> dict[int, Event]:
     """For each send, the earliest exit event of its customer since its trigger (same cart
     with a per-cart exit scope), by send id: one query for the whole chunk, on the
@@ -565,11 +583,14 @@ def _exit_events_for(sends: list[ScheduledSend]) -> dict[int, Event]:
     exit_types = {t for send in sends for t in send.journey.exit_on}
     if not sends or not exit_types:
         return {}
-    candidates = Event.objects.filter(
-        customer_id__in={send.customer_id for send in sends},
-        type__in=exit_types,
-        occurred_at__gte=min(send.trigger_occurred_at for send in sends),
-    ).order_by("occurred_at", "pk")
+    # raw() instead of filter(): Django compiled the same query anew for every chunk
+    candidates = Event.objects.raw(
+        *_exit_events_query(
+            customer_ids={send.customer_id for send in sends},
+            types=exit_types,
+            since=min(send.trigger_occurred_at for send in sends),
+        )
+    )
     by_customer: dict[int, list[Event]] = {}
     for event in candidates:
         assert event.customer_id is not None
@@ -665,12 +686,7 @@ def scheduled_sends_dispatch(*, send_ids: list[int]) -> dict[int, str]:
     """
     outcome: dict[int, str] = {}
     with transaction.atomic():
-        sends = list(
-            ScheduledSend.objects.select_for_update(of=("self",))
-            .select_related("customer", "cart")
-            .filter(pk__in=send_ids, status=Status.SENDING)
-            .order_by("pk")
-        )
+        sends = _sends_lock(send_ids)
         if not sends:
             return outcome
         _journeys_attach(sends)
@@ -687,6 +703,70 @@ def scheduled_sends_dispatch(*, send_ids: list[int]) -> dict[int, str]:
             outcome[send.pk] = send.status
         _dispatch_outcomes_save(sends)
     return outcome
+
+
+# The chunk's in-flight rows with their customers and carts, locked in id order: what
+# select_for_update(of=("self",)).select_related("customer", "cart") sends, written once.
+# Django compiled that queryset anew for every chunk (~1.2 ms, as much as the query).
+_LOCKED_PARTS = ((ScheduledSend, "s"), (Customer, "c"), (Cart, "k"))
+_LOCK_SQL = """
+SELECT {columns}
+  FROM journeys_scheduledsend s
+  JOIN marketing_customer c ON c.id = s.customer_id
+  LEFT JOIN marketing_cart k ON k.id = s.cart_id
+ WHERE s.id IN ({ids}) AND s.status = %s
+ ORDER BY s.id{lock}
+"""
+
+
+def _sends_lock(send_ids: list[int]) -> list[ScheduledSend]:
+    if not send_ids:
+        return []
+    parts, cols = _lock_layout()
+    with connection.cursor() as cursor:
+        cursor.execute(*_sends_lock_query(send_ids))
+        rows: Any = cursor.fetchall()
+    # the database's values as the ORM gives them (SQLite's datetimes and booleans, JSON)
+    compiler = connection.ops.compiler("SQLCompiler")(Query(ScheduledSend), connection, "default")
+    if converters := compiler.get_converters(cols):
+        rows = compiler.apply_converters(rows, converters)
+    sends = []
+    for row in rows:
+        instances: list[Any] = []
+        start = 0
+        for model, names in parts:
+            values = row[start : start + len(names)]
+            start += len(names)
+            # the cart's columns (id first) are NULL when the send has none: LEFT JOIN
+            instances.append(None if values[0] is None else model.from_db("default", names, values))
+        send, customer, cart = instances
+        _SEND_CUSTOMER.set_cached_value(send, customer)
+        _SEND_CART.set_cached_value(send, cart)
+        sends.append(send)
+    return sends
+
+
+def _sends_lock_query(send_ids: list[int]) -> tuple[str, list[Any]]:
+    _, cols = _lock_layout()
+    sql = _LOCK_SQL.format(
+        columns=", ".join(
+            f"{col.alias}.{connection.ops.quote_name(col.target.column)}" for col in cols
+        ),
+        ids=", ".join(["%s"] * len(send_ids)),
+        lock=" FOR UPDATE OF s" if connection.features.has_select_for_update_of else "",
+    )
+    return sql, [*send_ids, Status.SENDING]
+
+
+@cache
+def _lock_layout() -> tuple[list[tuple[type[Any], list[str]]], list[Any]]:
+    """Each model of _LOCKED_PARTS with its field names, and the columns as the ORM's Cols."""
+    parts, cols = [], []
+    for model, alias in _LOCKED_PARTS:
+        columns = model._meta.concrete_fields
+        parts.append((model, [column.attname for column in columns]))
+        cols += [column.get_col(alias) for column in columns]
+    return parts, cols
 
 
 _OUTCOMES_SQL = """
@@ -730,6 +810,8 @@ def _journeys_attach(sends: list[ScheduledSend]) -> None:
 
 _SEND_JOURNEY = ScheduledSend._meta.get_field("journey")
 _SEND_STEP = ScheduledSend._meta.get_field("step")
+_SEND_CUSTOMER = ScheduledSend._meta.get_field("customer")
+_SEND_CART = ScheduledSend._meta.get_field("cart")
 
 
 def _retry_or_fail(

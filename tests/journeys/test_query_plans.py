@@ -12,7 +12,6 @@ from bench import data
 from journeys import services
 from journeys.models import Journey, ScheduledSend
 from marketing import services as marketing_services
-from marketing.models import Event
 
 pytestmark = [
     pytest.mark.django_db,
@@ -86,22 +85,17 @@ def test_cancelling_a_customers_sends_reads_the_active_customer_index(many_sends
         assert "Seq Scan on journeys_scheduledsend" not in text, text
 
 
-def test_dispatch_locks_its_chunk_by_primary_key(many_sends):
+def test_dispatch_locks_its_chunk_by_index(many_sends):
     ids = services.scheduled_sends_claim_due(limit=100)
-    sends = ScheduledSend.objects.select_related("customer", "cart").filter(
-        pk__in=ids, status="sending"
-    )
-    sql, params = sends.query.sql_with_params()
-    text = plan(sql, params)
+    text = plan(*services._sends_lock_query(ids))
     assert "Seq Scan on journeys_scheduledsend" not in text, text
 
 
 def test_exit_events_of_a_chunk_are_read_by_index(many_sends):
-    customers = list(ScheduledSend.objects.values_list("customer_id", flat=True)[:100])
-    events = Event.objects.filter(
-        customer_id__in=customers, type__in=["payment_finished"],
-        occurred_at__gte=timezone.now() - timedelta(hours=2),
+    customers = set(ScheduledSend.objects.values_list("customer_id", flat=True)[:100])
+    sql, params = services._exit_events_query(
+        customer_ids=customers, types={"payment_finished"},
+        since=timezone.now() - timedelta(hours=2),
     )  # fmt: skip
-    sql, params = events.query.sql_with_params()
     text = plan(sql, params)
     assert "Seq Scan on marketing_event" not in text, text
