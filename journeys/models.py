@@ -27,7 +27,7 @@ class Journey(models.Model):
         CUSTOMER = "customer", "any exit event of the customer"
         CART = "cart", "only an exit event about the same cart"
 
-    slug = models.SlugField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, db_index=False)  # unique: Meta
     name = models.CharField(max_length=200)
     trigger = models.CharField(max_length=64, help_text="Event type that enrols a customer.")
     exit_on = models.JSONField(
@@ -57,13 +57,18 @@ class Journey(models.Model):
 
     class Meta:
         ordering = ["slug"]
+        # a constraint, not unique=True: see marketing.models on the LIKE index
+        constraints = [models.UniqueConstraint(fields=["slug"], name="journey_slug_unique")]
 
     def __str__(self) -> str:
         return self.name
 
 
 class JourneyStep(models.Model):
-    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="steps")
+    # indexed by step_unique_position, which leads with it
+    journey = models.ForeignKey(
+        Journey, on_delete=models.CASCADE, related_name="steps", db_index=False
+    )
     position = models.PositiveSmallIntegerField(default=0)
     delay = models.DurationField(help_text="After the trigger event occurred.")
     channel = models.CharField(max_length=8, choices=Channel.choices)
@@ -95,7 +100,10 @@ class JourneyStep(models.Model):
 class Enrollment(models.Model):
     """A customer entering a journey because of one trigger event (re-entry is counted here)."""
 
-    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="enrollments")
+    # indexed by enrollment_lookup, which leads with it
+    journey = models.ForeignKey(
+        Journey, on_delete=models.CASCADE, related_name="enrollments", db_index=False
+    )
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="enrollments")
     cart = models.ForeignKey(Cart, on_delete=models.SET_NULL, null=True, blank=True)
     trigger_event = models.ForeignKey(Event, on_delete=models.SET_NULL, null=True, blank=True)
@@ -134,7 +142,10 @@ class ScheduledSend(models.Model):
     ACTIVE = (Status.PENDING, Status.SENDING)
 
     enrollment = models.ForeignKey(Enrollment, on_delete=models.CASCADE, related_name="sends")
-    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="sends")
+    # indexed by send_journey_status, which leads with it
+    journey = models.ForeignKey(
+        Journey, on_delete=models.CASCADE, related_name="sends", db_index=False
+    )
     step = models.ForeignKey(JourneyStep, on_delete=models.SET_NULL, null=True, blank=True)
     step_position = models.PositiveSmallIntegerField()
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="sends")
@@ -148,7 +159,8 @@ class ScheduledSend(models.Model):
     reason = models.CharField(max_length=500, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
-    discount_code = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    # NULL, not "": most sends have no code, and the unique constraint (Meta) allows many NULLs
+    discount_code = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
     discount_percent = models.PositiveSmallIntegerField(null=True, blank=True)
     discount_expires_at = models.DateTimeField(null=True, blank=True)
     recipient = models.CharField(max_length=254, blank=True)
@@ -169,6 +181,8 @@ class ScheduledSend(models.Model):
                 condition=Q(status__in=["pending", "sending"]),
                 name="send_one_active_per_dedupe_key",
             ),
+            # a constraint, not unique=True: see marketing.models on the LIKE index
+            models.UniqueConstraint(fields=["discount_code"], name="send_discount_code_unique"),
         ]
         indexes = [
             # the timer: due pending rows, in due order

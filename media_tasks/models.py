@@ -30,8 +30,8 @@ class UploadedImage(models.Model):
     original_height = models.PositiveIntegerField()
     original_size = models.PositiveBigIntegerField(help_text="bytes")
     status = models.CharField(
-        max_length=16, choices=ImageStatus.choices, default=ImageStatus.PENDING, db_index=True
-    )
+        max_length=16, choices=ImageStatus.choices, default=ImageStatus.PENDING
+    )  # indexed in Meta (db_index=True would add a LIKE index too)
     error = models.TextField(blank=True)
     # Compare-and-set claim: the worker that set the token is the only one allowed to finish.
     claim_token = models.UUIDField(null=True, blank=True, editable=False)
@@ -57,6 +57,7 @@ class UploadedImage(models.Model):
                 name="uploaded_image_processing_is_claimed",
             ),
         ]
+        indexes = [models.Index(fields=["status"], name="image_status")]
 
     def __str__(self) -> str:
         return self.original_name or f"image {self.pk}"
@@ -65,7 +66,10 @@ class UploadedImage(models.Model):
 class ImageVariant(models.Model):
     """One compressed rendition of an image; (image, name) is unique so re-runs replace."""
 
-    image = models.ForeignKey(UploadedImage, on_delete=models.CASCADE, related_name="variants")
+    # indexed by image_variant_unique_name, which leads with it
+    image = models.ForeignKey(
+        UploadedImage, on_delete=models.CASCADE, related_name="variants", db_index=False
+    )
     name = models.CharField(max_length=64)
     format = models.CharField(max_length=16)
     width = models.PositiveIntegerField()

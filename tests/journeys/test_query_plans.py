@@ -99,3 +99,32 @@ def test_exit_events_of_a_chunk_are_read_by_index(many_sends):
     )  # fmt: skip
     text = plan(sql, params)
     assert "Seq Scan on marketing_event" not in text, text
+
+
+def test_no_write_pays_for_an_index_that_another_one_covers():
+    """Every insert and every status change updates each index of the table: none may be a
+    LIKE-only copy (unique=True on a CharField adds one) or a leading prefix of another."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT t.relname, i.relname, pg_get_indexdef(x.indexrelid),
+                   x.indkey::int2[], x.indpred IS NOT NULL
+              FROM pg_index x
+              JOIN pg_class i ON i.oid = x.indexrelid
+              JOIN pg_class t ON t.oid = x.indrelid
+             WHERE t.relname ~ '^(marketing|journeys|media_tasks)_'
+            """
+        )
+        indexes = cursor.fetchall()
+    assert len(indexes) > 20
+    like = [name for _, name, definition, _, _ in indexes if "pattern_ops" in definition]
+    assert not like
+    covered = [
+        name
+        for table, name, _, columns, partial in indexes
+        if not partial
+        for other_table, other, _, other_columns, other_partial in indexes
+        if other_table == table and other != name and not other_partial
+        and len(other_columns) > len(columns) and other_columns[: len(columns)] == columns
+    ]  # fmt: skip
+    assert not covered
