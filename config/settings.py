@@ -163,6 +163,7 @@ NUDGE_BATCH_MAX_EVENTS = env.int("NUDGE_BATCH_MAX_EVENTS", default=1000)
 REDIS_URL = env.str("REDIS_URL", default="")
 _broker: dict[str, object] = {"redis": REDIS_URL} if REDIS_URL else {"orm": "default"}
 
+Q_MESSAGING_TIMEOUT = env.int("Q_MESSAGING_TIMEOUT", default=60)
 Q_CLUSTER: dict[str, object] = {
     # "messaging" runs deadline-bound work (sends); "media" runs CPU-bound work with no
     # deadline. Start the media pool with Q_CLUSTER_NAME=media (see README, "Queues").
@@ -172,7 +173,7 @@ Q_CLUSTER: dict[str, object] = {
     # Sends wait on providers' HTTP APIs, not on the CPU: more workers than cores.
     "workers": env.int("Q_MESSAGING_WORKERS", default=max(4, 2 * (os.cpu_count() or 1))),
     "recycle": 1000,
-    "timeout": env.int("Q_MESSAGING_TIMEOUT", default=60),
+    "timeout": Q_MESSAGING_TIMEOUT,
     "retry": env.int("Q_MESSAGING_RETRY", default=90),
     "max_attempts": 3,
     "ack_failures": True,
@@ -251,11 +252,15 @@ NUDGE_EXTRA_EVENT_TYPES = env.list("NUDGE_EXTRA_EVENT_TYPES", default=[])
 NUDGE_TICK_SECONDS = env.float("NUDGE_TICK_SECONDS", default=0.2)
 NUDGE_CLAIM_BATCH = env.int("NUDGE_CLAIM_BATCH", default=500)
 NUDGE_DISPATCH_CHUNK = env.int("NUDGE_DISPATCH_CHUNK", default=100)
+# ids per dispatch task: a task dispatches them NUDGE_DISPATCH_CHUNK at a time (one
+# transaction each), and hands what is left after half its timeout to a new task
+NUDGE_DISPATCH_TASK_SIZE = env.int("NUDGE_DISPATCH_TASK_SIZE", default=200)
 # A claimed send whose worker has not finished after this long is handed out again.
 NUDGE_SEND_LEASE_SECONDS = env.int("NUDGE_SEND_LEASE_SECONDS", default=120)
 # How long a process may use its copy of the journeys without re-reading them when nothing
-# in the journeys' version (count, last update) changed: bounds how late an edit of a step
-# alone is seen. Any saved journey is seen at once.
+# in the journeys' version (counts, last updates, active ones) changed: bounds how late a
+# change the version cannot see (QuerySet.update() without updated_at) is seen. Any saved
+# journey or step is seen at once.
 NUDGE_JOURNEY_CACHE_SECONDS = env.float("NUDGE_JOURNEY_CACHE_SECONDS", default=5.0)
 # Webhook ingestion asks every event whether it exits a journey; it re-reads the journeys'
 # version at most this often (a journey saved by the same process is seen at once).

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
@@ -651,6 +653,24 @@ def _message_context(send: ScheduledSend, now: datetime) -> dict[str, Any]:
         "discount": discount,
         "journey": {"slug": send.journey.slug, "name": send.journey.name},
     }
+
+
+def scheduled_sends_dispatch_chunks(
+    *, send_ids: list[int], budget_seconds: float
+) -> tuple[dict[str, int], list[int]]:
+    """Dispatch a task's sends NUDGE_DISPATCH_CHUNK at a time (one transaction, and so one
+    set of row locks, each), and start no chunk once `budget_seconds` have passed: with a
+    slow provider the rest would run into the task's timeout, and a task killed mid-chunk
+    has called the provider for sends it never recorded. Returns the outcome counts, and
+    the ids not attempted (still claimed: the caller hands them to a new task)."""
+    outcomes: Counter[str] = Counter()
+    chunk = settings.NUDGE_DISPATCH_CHUNK
+    deadline = time.monotonic() + budget_seconds
+    for start in range(0, len(send_ids), chunk):
+        if start and time.monotonic() > deadline:
+            return dict(outcomes), send_ids[start:]
+        outcomes.update(scheduled_sends_dispatch(send_ids=send_ids[start : start + chunk]).values())
+    return dict(outcomes), []
 
 
 def scheduled_send_dispatch(*, send_id: int) -> str:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from django.conf import settings
 
-from journeys import services
+from journeys import services, ticker
 
 
 def scheduled_sends_dispatch(send_ids: list[int]) -> dict[str, int]:
-    """Dispatch a chunk of claimed sends; the outcome counts end up in the task result."""
-    return dict(Counter(services.scheduled_sends_dispatch(send_ids=send_ids).values()))
+    """Dispatch claimed sends; the outcome counts end up in the task result. Sends left
+    when the task has used half its timeout go to a new task (see the service)."""
+    outcomes, left = services.scheduled_sends_dispatch_chunks(
+        send_ids=send_ids, budget_seconds=settings.Q_MESSAGING_TIMEOUT / 2
+    )
+    if left:
+        ticker.enqueue_dispatch(left)
+    return outcomes

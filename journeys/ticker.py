@@ -65,7 +65,7 @@ def enqueue_apply(event_ids: list[int]) -> None:
 
 
 def enqueue_dispatch(send_ids: list[int]) -> None:
-    _enqueue(DISPATCH_TASK, send_ids, chunk=settings.NUDGE_DISPATCH_CHUNK, group="dispatch")
+    _enqueue(DISPATCH_TASK, send_ids, chunk=settings.NUDGE_DISPATCH_TASK_SIZE, group="dispatch")
 
 
 def tick() -> int:

@@ -8,12 +8,13 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from journeys import services
+from journeys import services, tasks, ticker
 from journeys.channels import OutgoingMessage, get_channel
 from journeys.models import Journey, JourneyStep, ScheduledSend
 from marketing.models import Customer, Event
 from tests.journeys.conftest import ingest, make_event, minutes_ago, sends
 from tests.journeys.test_engine import make_journey
+from tests.journeys.test_event_apply import queued_tasks
 
 pytestmark = pytest.mark.django_db
 Status = ScheduledSend.Status
@@ -135,3 +136,34 @@ def test_dispatch_reads_the_journeys_only_when_they_changed(two_claimed):
         services.scheduled_sends_dispatch(send_ids=[second])
     journey_reads = [q["sql"] for q in queries if "journeys_journey" in q["sql"]]
     assert len(journey_reads) == 1 and "count(*)" in journey_reads[0]  # the version query
+
+
+@pytest.fixture
+def five_claimed(settings):
+    settings.NUDGE_DISPATCH_CHUNK = 2
+    make_journey()
+    for user in "abcde":
+        _checkout(user)
+    claimed = sorted(services.scheduled_sends_claim_due(limit=10))
+    assert len(claimed) == 5
+    return claimed
+
+
+def test_a_task_dispatches_its_sends_one_chunk_per_transaction(five_claimed):
+    with CaptureQueriesContext(connection) as queries:
+        outcomes, left = services.scheduled_sends_dispatch_chunks(
+            send_ids=five_claimed, budget_seconds=60
+        )
+    assert outcomes == {Status.SENT: 5} and left == []
+    locks = [q["sql"] for q in queries if "FOR UPDATE OF s" in q["sql"]]
+    assert len(locks) == 3  # 2 + 2 + 1
+
+
+def test_a_task_out_of_time_hands_the_rest_to_a_new_task(five_claimed, settings):
+    settings.Q_MESSAGING_TIMEOUT = 0  # no time left after the first chunk
+    assert tasks.scheduled_sends_dispatch(five_claimed) == {Status.SENT: 2}
+    assert [s.status for s in ScheduledSend.objects.order_by("pk")] == [Status.SENT] * 2 + [
+        Status.SENDING
+    ] * 3  # still claimed: nobody else takes them
+    assert queued_tasks() == [(ticker.DISPATCH_TASK, [five_claimed[2:]])]
+    assert tasks.scheduled_sends_dispatch(five_claimed[2:]) == {Status.SENT: 2}
