@@ -45,9 +45,8 @@ def journeys_all(*, recheck_after: float = 0.0) -> list[Journey]:
     added or deleted anywhere changes it, and so does switching a journey on or off, even by
     `QuerySet.update()`), and re-read at least every NUDGE_JOURNEY_CACHE_SECONDS all the
     same (other changes made by `update()`, which sets no `updated_at`, or on a machine whose
-    clock is behind). With `recheck_after`, the
-    version query itself runs at most that often (seconds); a journey or step saved in this
-    process is seen at once all the same.
+    clock is behind). With `recheck_after`, the version query itself runs at most that often
+    (seconds); a journey or step saved in this process is seen at once all the same.
     """
     return _journeys_cached(recheck_after).journeys
 

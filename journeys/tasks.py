@@ -1,4 +1,4 @@
-"""django-q2 entry points: take ids, call one service."""
+"""django-q2 entry points: take ids, call one service (and hand on what it had no time for)."""
 
 from __future__ import annotations
 
