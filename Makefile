@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8000
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench profile clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ BENCH_PG_OPTIONS ?= -c fsync=on -c synchronous_commit=on -c full_page_writes=on 
 
 bench: install
 	NUDGE_PG_OPTIONS="$(BENCH_PG_OPTIONS)" scripts/services.sh $(BIN)/python -m bench $(ARGS)
+
+profile: install
+	NUDGE_PG_OPTIONS="$(BENCH_PG_OPTIONS)" scripts/services.sh $(BIN)/python -m bench.profile $(ARGS)
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .mypy_cache .ruff_cache
