@@ -5,6 +5,8 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.signing import SignedPackage
 
 from journeys import services
 from journeys.models import ScheduledSend
@@ -67,6 +69,19 @@ def dispatch_due() -> dict[int, str]:
     """What the ticker and a worker do, in-process: claim what is due, dispatch each."""
     claimed = services.scheduled_sends_claim_due(limit=10_000)
     return {pk: services.scheduled_send_dispatch(send_id=pk) for pk in claimed}
+
+
+def queued_tasks() -> list[tuple[str, Any]]:
+    """The tasks waiting in the messaging queue (the real broker of the test settings),
+    taken off it."""
+    broker = get_broker("messaging")
+    tasks = []
+    while (message := broker.dequeue()) is not None:
+        for ack_id, package in message:
+            task = SignedPackage.loads(package)
+            tasks.append((task["func"], list(task["args"])))
+            broker.acknowledge(ack_id)
+    return tasks
 
 
 def sends(**filters: Any) -> list[ScheduledSend]:

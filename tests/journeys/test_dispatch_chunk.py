@@ -12,9 +12,8 @@ from journeys import services, tasks, ticker
 from journeys.channels import OutgoingMessage, get_channel
 from journeys.models import Journey, JourneyStep, ScheduledSend
 from marketing.models import Customer, Event
-from tests.journeys.conftest import ingest, make_event, minutes_ago, sends
+from tests.journeys.conftest import ingest, make_event, minutes_ago, queued_tasks, sends
 from tests.journeys.test_engine import make_journey
-from tests.journeys.test_event_apply import queued_tasks
 
 pytestmark = pytest.mark.django_db
 Status = ScheduledSend.Status
@@ -119,6 +118,7 @@ def test_dispatch_renders_a_step_edited_by_another_process(two_claimed):
         body="Still there? {{ cart.checkout_url }}", updated_at=timezone.now()
     )
     services.scheduled_sends_dispatch(send_ids=[second])
+    assert first.body == "https://shop.example/checkout/c_a"  # the step as it was cached
     assert not first.body.startswith("Still there?")
     assert ScheduledSend.objects.get(pk=second).body.startswith("Still there? ")
 

@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
-from django_q.brokers import get_broker
-from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
 from journeys import ticker
@@ -18,7 +16,14 @@ from marketing import services as marketing_services
 from marketing.api.serializers import EventSerializer
 from marketing.models import Customer, Event
 from marketing.signals import events_applying
-from tests.journeys.conftest import dispatch_due, ingest, make_event, minutes_ago, sends
+from tests.journeys.conftest import (
+    dispatch_due,
+    ingest,
+    make_event,
+    minutes_ago,
+    queued_tasks,
+    sends,
+)
 from tests.journeys.test_engine import make_journey
 
 pytestmark = pytest.mark.django_db
@@ -155,18 +160,6 @@ def test_an_event_that_failed_every_attempt_is_left_with_its_error(settings, fai
     assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == []
     bad.refresh_from_db()
     assert (bad.applied_at, bad.apply_attempts) == (None, 1)
-
-
-def queued_tasks() -> list[tuple[str, Any]]:
-    """The tasks waiting in the messaging queue (the real broker of the test settings)."""
-    broker = get_broker("messaging")
-    tasks = []
-    while (message := broker.dequeue()) is not None:
-        for ack_id, package in message:
-            task = SignedPackage.loads(package)
-            tasks.append((task["func"], list(task["args"])))
-            broker.acknowledge(ack_id)
-    return tasks
 
 
 def test_the_ticker_hands_stored_events_to_the_workers_while_they_keep_up(settings):
