@@ -18,7 +18,6 @@ import os
 import runpy
 import secrets
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,18 +28,15 @@ OUT = ROOT / "bench" / "profiles"
 
 
 def _post(client: Any, path: str, body: bytes) -> None:
-    from bench.run import _sign
+    from bench.run import signed_headers
 
-    msg_id, stamp = f"msg_{uuid.uuid4().hex}", int(time.time())
     response = client.post(
         path,
         data=body,
         content_type="application/json",
         secure=True,
         HTTP_HOST="127.0.0.1",
-        HTTP_WEBHOOK_ID=msg_id,
-        HTTP_WEBHOOK_TIMESTAMP=str(stamp),
-        HTTP_WEBHOOK_SIGNATURE=_sign(os.environ["NUDGE_WEBHOOK_SECRET"], msg_id, stamp, body),
+        headers=signed_headers(body),
     )
     if response.status_code not in (200, 202, 207):
         raise SystemExit(f"profile: {path} answered {response.status_code}: {response.content!r}")
