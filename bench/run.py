@@ -620,8 +620,12 @@ def ensure_wrk() -> None:
     )
 
 
-def ingest_round(port: int, args: argparse.Namespace, tag: str, work: Path) -> dict[str, float]:
-    """No-op view, single events, batches, and single events at half the measured rate."""
+def ingest_round(
+    port: int, web_pid: int, args: argparse.Namespace, tag: str, work: Path
+) -> dict[str, float]:
+    """No-op view, single events, batches, and single events at half the measured rate.
+    The first three also give the CPU time the web server and PostgreSQL spent per request
+    (`<name>_web_cpu_ms`, `<name>_db_cpu_ms`; per event for batches): where a rate goes."""
     seconds = args.ingest_seconds
     counter = iter(range(10**9))
 
@@ -646,15 +650,24 @@ def ingest_round(port: int, args: argparse.Namespace, tag: str, work: Path) -> d
 
     budget = int(seconds * 4_000)  # more than any rate this server reaches: never a replay
     out: dict[str, float] = {}
+    db_pid = postmaster_pid()
+
+    def measured(name: str, prefix: Path, connections: int, per_request: int = 1) -> dict:
+        web, db = cpu_seconds([web_pid]), cpu_seconds([db_pid])
+        result = wrk(port, prefix, seconds, connections)
+        done = result["requests"] * per_request
+        out[f"{name}_web_cpu_ms"] = (cpu_seconds([web_pid]) - web) / done * 1000
+        out[f"{name}_db_cpu_ms"] = (cpu_seconds([db_pid]) - db) / done * 1000
+        return result
 
     prefix = work / f"{tag}-noop"
     write_requests(prefix.with_suffix(".0"), "/bench/noop/", single_bodies(), budget)
-    out["noop"] = wrk(port, prefix, seconds, 4)["rate"]
+    out["noop"] = measured("noop", prefix, 4)["rate"]
 
     before = settled_events_count()
     prefix = work / f"{tag}-single"
     write_requests(prefix.with_suffix(".0"), "/api/events/", single_bodies(), budget)
-    single = wrk(port, prefix, seconds, 4)
+    single = measured("single", prefix, 4)
     out["single"] = single["rate"]
     out["single_p99_full_ms"] = single["p99_us"] / 1000
     stored = settled_events_count() - before
@@ -670,7 +683,7 @@ def ingest_round(port: int, args: argparse.Namespace, tag: str, work: Path) -> d
         # more than any rate this server reaches (30,000 events/s): never a replay
         max(20, int(seconds * 30_000 / args.batch_size)),
     )
-    batch = wrk(port, prefix, seconds, 2)
+    batch = measured("batch", prefix, 2, per_request=args.batch_size)
     events = batch["requests"] * args.batch_size
     stored = settled_events_count() - before
     if not events <= stored <= events + 2 * args.batch_size:
@@ -723,10 +736,11 @@ def apply_round(seconds: float, logs: Path) -> float:
 
 
 @contextmanager
-def web_server(logs: Path) -> Iterator[int]:
+def web_server(logs: Path) -> Iterator[tuple[int, int]]:
+    """gunicorn as in production: (its port, its master's pid)."""
     port = free_port()
     procs = Processes(logs)
-    procs.start(
+    master = procs.start(
         "gunicorn",
         [
             PY,
@@ -752,7 +766,7 @@ def web_server(logs: Path) -> Iterator[int]:
                     raise
                 procs.check_alive()
                 time.sleep(0.2)
-        yield port
+        yield port, master.pid
     finally:
         procs.stop()
 
@@ -928,9 +942,9 @@ def level(
             f"steady p99 {steady['p99']:.3f} s, peak RSS {figures['rss_mb'][-1]:.0f} MB"
         )
         if not args.skip_ingest:
-            with web_server(logs) as port:
+            with web_server(logs) as (port, web_pid):
                 log("  ingest: no-op, single, batch, single at half rate")
-                result = ingest_round(port, args, f"{tag}-i", work)
+                result = ingest_round(port, web_pid, args, f"{tag}-i", work)
             log(f"  applying the stored events to journeys for {args.apply_seconds:.0f} s")
             result["apply"] = apply_round(args.apply_seconds, logs)
             for key, value in result.items():
@@ -1044,6 +1058,16 @@ def main(argv: list[str] | None = None) -> None:
             m.get("ingest_vs_noop", nan),
         ),
         (
+            "ingest CPU per request, web server / PostgreSQL (ms): no-op view",
+            _ingest_cpu(s, "noop"),
+            _ingest_cpu(m, "noop"),
+        ),
+        (
+            "ingest CPU per request, web server / PostgreSQL (ms): single event",
+            _ingest_cpu(s, "single"),
+            _ingest_cpu(m, "single"),
+        ),
+        (
             "ingest single p99 at full load (ms)",
             s.get("ingest_single_p99_full_ms", nan),
             m.get("ingest_single_p99_full_ms", nan),
@@ -1053,6 +1077,11 @@ def main(argv: list[str] | None = None) -> None:
             f"ingest batch of {args.batch_size} (events/s)",
             s.get("ingest_batch", nan),
             m.get("ingest_batch", nan),
+        ),
+        (
+            "ingest batch CPU per event, web server / PostgreSQL (ms)",
+            _ingest_cpu(s, "batch"),
+            _ingest_cpu(m, "batch"),
         ),
         (
             "events applied to journeys by the workers afterwards (events/s)",
@@ -1121,6 +1150,13 @@ def _pair(figures: dict[str, float]) -> str:
     if "app_cpu_ms" not in figures:
         return "nan"
     return f"{fmt(figures['app_cpu_ms'])} / {fmt(figures['db_cpu_ms'])}"
+
+
+def _ingest_cpu(figures: dict[str, float], name: str) -> str:
+    if f"ingest_{name}_web_cpu_ms" not in figures:
+        return "nan"
+    web, db = figures[f"ingest_{name}_web_cpu_ms"], figures[f"ingest_{name}_db_cpu_ms"]
+    return f"{fmt(web)} / {fmt(db)}"
 
 
 def _ingest_half(figures: dict[str, float]) -> str:
