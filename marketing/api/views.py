@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -24,12 +28,29 @@ from marketing.validation import event_validate
 logger = logging.getLogger(__name__)
 
 
+class JSONAnswers(BaseContentNegotiation):
+    """Webhook answers are JSON whatever the Accept header says: a sender's HTTP client
+    chooses that header, and DRF's negotiation would answer 406 to `Accept: application/xml`
+    (the event not stored) or an HTML page to `text/html`. It also skips parsing the header."""
+
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
+        return next(iter(parsers), None)  # unused: the views read the raw body
+
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))  # the view's only one: JSONRenderer
+        return renderer, str(renderer.media_type)
+
+
 class SignedEventView(APIView):
     """Common steps of both endpoints; DRF parsing is bypassed so the signature covers the
     exact bytes received."""
 
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = JSONAnswers
     max_bytes = 0
 
     def _verified_json(self, request: Request) -> tuple[Any, Response | None]:
@@ -42,7 +63,7 @@ class SignedEventView(APIView):
         try:
             webhooks.verify(
                 secrets=settings.NUDGE_WEBHOOK_SECRETS,
-                headers={k.lower(): v for k, v in request.headers.items()},
+                headers={name: request.META.get(meta, "") for name, meta in _SIGNATURE_HEADERS},
                 body=body,
                 tolerance_seconds=settings.NUDGE_WEBHOOK_TOLERANCE_SECONDS,
             )
@@ -69,6 +90,13 @@ class SignedEventView(APIView):
             {"detail": f"Body larger than {self.max_bytes} bytes."},
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
+
+
+# The three headers webhooks.verify reads, as WSGI names them (not all of request.headers).
+_SIGNATURE_HEADERS = [
+    (name, "HTTP_" + name.upper().replace("-", "_"))
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+]
 
 
 def _refuse_non_finite(text: str) -> float:

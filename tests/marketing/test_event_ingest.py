@@ -7,7 +7,7 @@ import json
 import pytest
 
 from marketing.models import Cart, Customer, Event, Payment
-from tests.webhook_client import event, post_signed
+from tests.webhook_client import event, post_signed, signed_headers
 
 pytestmark = pytest.mark.django_db
 
@@ -291,3 +291,27 @@ def test_size_limits_follow_the_settings_at_request_time(client, settings):
     )
     assert response.status_code == 400
     assert response.json()["errors"]["events"] == ["at most 2 events per batch"]
+
+
+@pytest.mark.parametrize("accept", ["application/xml", "text/html", "text/plain;q=1, */*;q=0"])
+def test_any_accept_header_gets_the_json_answer_and_the_event_is_stored(client, accept):
+    """A sender's HTTP client picks the Accept header, not the sender: whatever it says, a
+    delivery is stored and answered in JSON (DRF would otherwise answer 406 and store nothing,
+    or render an HTML page)."""
+    deliveries = (
+        ("/api/events/", event("evt_01"), 202),
+        ("/api/events/batch/", {"events": [event("evt_02")]}, 200),
+    )
+    for path, payload, expected in deliveries:
+        body = json.dumps(payload).encode()
+        response = client.post(
+            path,
+            data=body,
+            content_type="application/json",
+            headers={**signed_headers(body), "Accept": accept},
+        )
+
+        assert response.status_code == expected, response.content
+        assert response["Content-Type"] == "application/json"
+        assert response.json()
+    assert sorted(Event.objects.values_list("event_id", flat=True)) == ["evt_01", "evt_02"]
