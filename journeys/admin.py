@@ -34,7 +34,7 @@ class JourneyForm(forms.ModelForm):
 
     @cached_property
     def known_event_types(self) -> set[str]:
-        """Read once per form: it scans the distinct types of the event log."""
+        """Read once per form (one probe of the event log's type index per type)."""
         return selectors.known_event_types()
 
     def clean_trigger(self) -> str:

@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 
+from journeys import selectors
 from journeys.models import Journey, ScheduledSend
+from marketing.models import EventType
 from tests.journeys.conftest import ingest, make_event, minutes_ago
 
 pytestmark = pytest.mark.django_db
@@ -74,6 +76,31 @@ def test_admin_refuses_a_broken_journey(admin_client_logged_in, overrides, messa
     assert response.status_code == 200
     assert message in response.content.decode()
     assert not Journey.objects.exists()
+
+
+def test_admin_knows_every_type_the_event_log_has_received(admin_client_logged_in):
+    """A type the shop already sends is a valid trigger or exit, first and last in the type
+    index's order too (the types are read one index probe at a time)."""
+    for n, kind in enumerate(["refund_issued", "a_first", "refund_issued", "zz_last"]):
+        ingest(make_event(f"e{n}", kind, user=f"u{n}", at=minutes_ago(5)))
+
+    assert selectors.received_event_types() == {"refund_issued", "a_first", "zz_last"}
+    for slug, overrides in (
+        ("first", {"trigger": "a_first", "exit_on": "zz_last, refund_issued"}),
+        ("last", {"trigger": "zz_last", "exit_on": ""}),
+    ):
+        response = admin_client_logged_in.post(
+            "/admin/journeys/journey/add/", journey_form(slug=slug, **overrides)
+        )
+        assert response.status_code == 302, response.content.decode()[:2000]
+    assert Journey.objects.get(slug="first").exit_on == ["zz_last", "refund_issued"]
+
+
+def test_no_event_received_leaves_the_built_in_and_configured_types(settings):
+    settings.NUDGE_EXTRA_EVENT_TYPES = ["user_updated"]
+
+    assert selectors.received_event_types() == set()
+    assert selectors.known_event_types() == {*EventType.values, "user_updated"}
 
 
 def test_sends_list_filters_searches_and_cancels(admin_client_logged_in, demo_journeys):
