@@ -155,6 +155,9 @@ SPECTACULAR_SETTINGS = {
 # rotation. Unset means every signed request is refused with 401.
 NUDGE_WEBHOOK_SECRETS = env.str("NUDGE_WEBHOOK_SECRET", default="").split()
 NUDGE_WEBHOOK_TOLERANCE_SECONDS = env.int("NUDGE_WEBHOOK_TOLERANCE_SECONDS", default=300)
+# PostgreSQL: a single event's fixed statements are prepared once per connection (planning
+# them cost more than running them). Set false behind a pooler in transaction mode.
+NUDGE_DB_PREPARED_STATEMENTS = env.bool("NUDGE_DB_PREPARED_STATEMENTS", default=True)
 NUDGE_EVENT_MAX_BYTES = env.int("NUDGE_EVENT_MAX_BYTES", default=256 * 1024)
 NUDGE_BATCH_MAX_BYTES = env.int("NUDGE_BATCH_MAX_BYTES", default=8 * 1024 * 1024)
 NUDGE_BATCH_MAX_EVENTS = env.int("NUDGE_BATCH_MAX_EVENTS", default=1000)

@@ -17,6 +17,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from marketing import prepared
 from marketing.models import Cart, Customer, Event, EventType, Payment
 from marketing.signals import events_applying, events_stored
 
@@ -407,6 +408,41 @@ SELECT (SELECT id FROM customer), (SELECT id FROM event), (SELECT count(*) FROM 
 )
 
 
+_EVENT_AT_ONCE = prepared.Statement(
+    "nudge_event_at_once",
+    _EVENT_AT_ONCE_SQL,
+    {
+        **dict.fromkeys(["consent_email", "consent_sms"], "boolean"),
+        **dict.fromkeys(["as_of", "now", "occurred_at"], "timestamptz"),
+        **dict.fromkeys(["cart_total", "amount"], "numeric"),
+        # the rest are text (the statement casts payload and items to jsonb)
+        **dict.fromkeys(
+            [
+                "id",
+                "email",
+                "phone",
+                "first_name",
+                "timezone",
+                "source",
+                "event_id",
+                "type",
+                "payload",
+                "sha",
+                "cart_id",
+                "cart_currency",
+                "cart_url",
+                "cart_items",
+                "payment_id",
+                "payment_cart",
+                "payment_currency",
+                "discount_code",
+            ],
+            "text",
+        ),
+    },
+)
+
+
 def _event_store_at_once(
     source: str,
     data: dict[str, Any],
@@ -440,7 +476,7 @@ def _event_store_at_once(
         "discount_code": payment.get("discount_code") or "",
     }
     with connection.cursor() as cursor:
-        cursor.execute(_EVENT_AT_ONCE_SQL, params)
+        _EVENT_AT_ONCE.execute(cursor, params)
         customer_id, event_pk, carts = cursor.fetchone()
     if customer_id is None:
         return None
@@ -449,7 +485,6 @@ def _event_store_at_once(
     return customer_id, event_pk
 
 
-@transaction.atomic
 def event_ingest(*, source: str, data: dict[str, Any], payload: dict[str, Any]) -> IngestResult:
     """Record one validated event (webhook or batch item), idempotently.
 
@@ -461,7 +496,21 @@ def event_ingest(*, source: str, data: dict[str, Any], payload: dict[str, Any]) 
     Committed together: the event, the customer's profile, the cart or payment, and what
     `events_stored` receivers do (a payment's cancellations). Enrolments follow, applied by
     events_apply once the event is committed.
+
+    On PostgreSQL its fixed statements run prepared (see marketing.prepared); if a pooler
+    turns out to be in the way, the transaction is run again without them.
     """
+    if prepared.usable():
+        try:
+            with prepared.within():
+                return _event_ingest(source=source, data=data, payload=payload)
+        except prepared.Unavailable:
+            pass  # rolled back; prepared statements are now off in this process
+    return _event_ingest(source=source, data=data, payload=payload)
+
+
+@transaction.atomic
+def _event_ingest(*, source: str, data: dict[str, Any], payload: dict[str, Any]) -> IngestResult:
     body_sha256 = canonical_sha256(payload)
     received_at = timezone.now()
     # No look-up first: a repeat finds the stored event on insert, and its upsert of the

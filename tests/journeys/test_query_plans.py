@@ -101,6 +101,71 @@ def test_exit_events_of_a_chunk_are_read_by_index(many_sends):
     assert "Seq Scan on marketing_event" not in text, text
 
 
+def test_prepared_statements_keep_their_indexes_in_a_generic_plan(many_sends):
+    """After five executions PostgreSQL may run a prepared statement with a generic plan,
+    made without the values: it must still use the indexes."""
+    customer_id = ScheduledSend.objects.filter(customer__external_id="future7").get().customer_id
+    event_values = {
+        **dict.fromkeys(marketing_services._EVENT_AT_ONCE.names),
+        "id": "future7",
+        "as_of": timezone.now(),
+        "now": timezone.now(),
+        "source": "webhook",
+        "event_id": "explain-1",
+        "type": "payment_finished",
+        "occurred_at": timezone.now(),
+        "payload": "{}",
+        "sha": "-",
+        "payment_id": "p-explain",
+        "payment_cart": "c-explain",
+        "amount": "1.00",
+        "payment_currency": "EUR",
+        "discount_code": "",
+        "cart_url": "",
+        "cart_items": "[]",
+    }
+    cancel_values = [
+        "cancelled by payment p",
+        customer_id,
+        timezone.now(),
+        [many_sends.pk],
+        [],
+        None,
+    ]
+    plans = {}
+    with connection.cursor() as cursor:
+        cursor.execute("SAVEPOINT explain_prepared")
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        for statement, values in (
+            (
+                marketing_services._EVENT_AT_ONCE,
+                [event_values[n] for n in marketing_services._EVENT_AT_ONCE.names],
+            ),
+            (services._CANCEL_ONE, cancel_values),
+        ):
+            # under another name: this session may have prepared the real one already
+            name = f"explain_{statement.name}"
+            cursor.execute(statement.prepare_sql.replace(statement.name, name, 1))
+            plans[statement.name] = plan(
+                statement.execute_sql.replace(statement.name, name, 1), values
+            )
+            cursor.execute(f"DEALLOCATE {name}")
+        cursor.execute("ROLLBACK TO SAVEPOINT explain_prepared")
+
+    for table in (
+        "journeys_scheduledsend",
+        "marketing_customer",
+        "marketing_event",
+        "marketing_cart",
+    ):
+        for text in plans.values():
+            assert f"Seq Scan on {table}" not in text, text
+    # the customer's sends by one of the two indexes on customer_id (the generic plan takes
+    # the FK's; the custom one, above, the partial index of active sends)
+    cancel = plans["nudge_cancel_one"]
+    assert "send_active_customer" in cancel or "scheduledsend_customer_id" in cancel, cancel
+
+
 def test_known_event_types_probe_the_type_index(many_sends):
     """The admin's journey form and the importer read the log's types: by the type index,
     once per type, never by reading every event (~6,700 here)."""
