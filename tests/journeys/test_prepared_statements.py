@@ -171,3 +171,19 @@ def test_a_new_connection_prepares_again(demo_journeys):
         "EXECUTE nudge_cancel_one",
     ]
     assert sends_of("bo") == {("cancelled", "cancelled by payment p-bo")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pooler_mid_way_loses_nothing_outside_any_other_transaction(demo_journeys):
+    """As in production: event_ingest's transaction is the outermost one, rolled back whole
+    and run again."""
+    registered("ana")
+    registered("bo")
+    pay("ana")
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE nudge_cancel_one")  # fails on the second statement
+
+    assert pay("bo") == ["EXECUTE nudge_event_at_once", "EXECUTE nudge_cancel_one"]
+    assert sends_of("bo") == {("cancelled", "cancelled by payment p-bo")}
+    assert Event.objects.filter(event_id="pay-bo").count() == 1
+    assert prepared._broken
