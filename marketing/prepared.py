@@ -106,11 +106,11 @@ class Statement:
             cursor.execute(self.sql, params)
             return
         values = [params[n] for n in self.names] if isinstance(params, Mapping) else params
-        prepared = _prepared_names()
+        in_session = _prepared_names()
         try:
-            if self.name not in prepared:
+            if self.name not in in_session:
                 cursor.execute(self.prepare_sql)
-                prepared.add(self.name)
+                in_session.add(self.name)
             cursor.execute(self.execute_sql, values)
         except DatabaseError as exc:
             if getattr(exc.__cause__, "pgcode", None) not in _POOLED_SESSION:

@@ -23,13 +23,22 @@ pytestmark = [
 NAMES = {"nudge_event_at_once", "nudge_cancel_one"}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_process(monkeypatch):
-    """Each test starts as a new process would: nothing prepared, nothing turned off."""
-    monkeypatch.setattr(prepared, "_broken", False)
-    monkeypatch.delattr(connection, "_nudge_prepared", raising=False)
+def _forget_prepared() -> None:
+    """Nothing prepared, in the server session and in this process's record of it."""
     with connection.cursor() as cursor:
         cursor.execute("DEALLOCATE ALL")
+    if hasattr(connection, "_nudge_prepared"):
+        del connection._nudge_prepared
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process(monkeypatch):
+    """Each test starts as a new process would, and leaves the session as consistent for
+    the next tests: nothing prepared, nothing turned off."""
+    monkeypatch.setattr(prepared, "_broken", False)
+    _forget_prepared()
+    yield
+    _forget_prepared()
 
 
 def session_statements() -> set[str]:
