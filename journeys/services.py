@@ -137,7 +137,7 @@ UPDATE journeys_scheduledsend s
          ORDER BY id FOR UPDATE) l
  WHERE s.id = l.id
 """
-# Prepared in event_ingest (planning it cost twice what running it does: marketing.prepared)
+# Prepared in event_ingest (planning it cost about three times what running it does)
 _CANCEL_ONE = prepared.Statement(
     "nudge_cancel_one",
     _CANCEL_ONE_SQL,
