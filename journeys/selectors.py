@@ -12,6 +12,7 @@ from django.db.models import QuerySet
 
 from journeys.durations import format_iso_duration
 from journeys.models import Journey, JourneyStep, ScheduledSend
+from marketing import selectors as marketing_selectors
 from marketing.models import Event, EventType
 
 # Every event asks which journeys it triggers and exits. Journeys change rarely, so each
@@ -83,32 +84,10 @@ def journeys_forget() -> None:
     _journey_cache.version = None
 
 
-# The event log's distinct types, one probe of the `event_type` index per type (a loose index
-# scan): the smallest type, then the smallest one after it, and so on. A plain DISTINCT reads
-# every event; and Django's .distinct() on Event also selected the model's ordering column
-# (received_at), so it fetched one row per event. PostgreSQL and SQLite alike.
-_EVENT_TYPES_SQL = """
-WITH RECURSIVE seen(type) AS (
-    SELECT min(type) FROM marketing_event
-    UNION ALL
-    SELECT (SELECT min(e.type) FROM marketing_event e WHERE e.type > seen.type)
-      FROM seen
-     WHERE seen.type IS NOT NULL
-)
-SELECT type FROM seen WHERE type IS NOT NULL
-"""
-
-
-def received_event_types() -> set[str]:
-    """Every type in the event log, in a few milliseconds however long the log is."""
-    with connection.cursor() as cursor:
-        cursor.execute(_EVENT_TYPES_SQL)
-        return {row[0] for row in cursor.fetchall()}
-
-
 def known_event_types() -> set[str]:
     """Types a journey may use: built-in, configured, and any type already received."""
-    return set(EventType.values) | set(settings.NUDGE_EXTRA_EVENT_TYPES) | received_event_types()
+    received = marketing_selectors.event_types_received()
+    return set(EventType.values) | set(settings.NUDGE_EXTRA_EVENT_TYPES) | set(received)
 
 
 def exit_cart_id(event: Event) -> str | None:

@@ -10,7 +10,7 @@ from django.db import models
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from marketing import services
+from marketing import selectors, services
 from marketing.models import Cart, Customer, Event, Payment
 
 
@@ -123,12 +123,31 @@ EVENT_COLUMNS = (
 )
 
 
+class EventTypeFilter(admin.SimpleListFilter):
+    """By type, offering the types the log holds. Django's own filter for a field without
+    choices runs `SELECT DISTINCT type` over every event on each page of the list."""
+
+    title = "type"
+    parameter_name = "type"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(value, value) for value in selectors.event_types_received()]
+
+    def queryset(self, request: HttpRequest, queryset: models.QuerySet) -> models.QuerySet:
+        return queryset.filter(type=self.value()) if self.value() else queryset
+
+
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
     """The event log is evidence of what happened: read-only for everyone."""
 
     list_display = EVENT_COLUMNS
-    list_filter = ["source", "type", ("applied_at", admin.EmptyFieldListFilter), "received_at"]
+    list_filter = [
+        "source",
+        EventTypeFilter,
+        ("applied_at", admin.EmptyFieldListFilter),
+        "received_at",
+    ]
     search_fields = ["event_id", "type", "customer__external_id", "customer__email"]
     list_select_related = ["customer"]
     date_hierarchy = "received_at"

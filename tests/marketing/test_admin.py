@@ -3,8 +3,12 @@ Marketer group's permissions."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from django.contrib.auth.models import Group, Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from marketing import services
 from marketing.models import Customer, Event
@@ -95,6 +99,27 @@ def test_event_list_filters_by_type_and_searches_by_customer(
 
     assert by_type.context["cl"].result_count == 2
     assert [e.customer.external_id for e in by_customer.context["cl"].result_list] == ["u_ben"]
+
+
+def test_event_list_offers_the_types_received_without_reading_every_event(
+    marketer_client, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        ana = services.customer_upsert(external_id="u_ana", email="ana@example.com")
+        services.payment_upsert(
+            customer=ana, external_id="p_1", amount=Decimal("9.00"), currency="EUR"
+        )
+
+    with CaptureQueriesContext(connection) as queries:
+        listing = marketer_client.get("/admin/marketing/event/")
+
+    distinct_types = [q["sql"] for q in queries if 'DISTINCT "marketing_event"."type"' in q["sql"]]
+    assert distinct_types == []
+    type_filter = next(f for f in listing.context["cl"].filter_specs if f.title == "type")
+    assert [value for value, _ in type_filter.lookup_choices] == [
+        "payment_finished",
+        "user_registered",
+    ]
 
 
 def test_events_are_read_only_in_the_admin_even_for_a_superuser(admin_client):
