@@ -11,6 +11,7 @@ from django.utils.functional import cached_property
 from journeys import selectors, services
 from journeys.models import Journey, JourneyStep, ScheduledSend
 from journeys.specs import event_type_problem, step_problems
+from marketing.admin import LargeTableAdmin
 
 
 class JourneyForm(forms.ModelForm):
@@ -127,16 +128,14 @@ class JourneyAdmin(admin.ModelAdmin):
 
 
 @admin.register(ScheduledSend)
-class ScheduledSendAdmin(admin.ModelAdmin):
+class ScheduledSendAdmin(LargeTableAdmin):
     list_display = ["id", "journey", "customer", "channel", "status", "reason", "due_at", "sent_at"]
-    list_filter = ["status", "journey", "channel"]
+    list_filter = ["status", "journey", "channel", "due_at"]
     search_fields = ["customer__external_id", "customer__email", "customer__phone", "discount_code"]
     list_select_related = ["journey", "customer"]
-    date_hierarchy = "due_at"
     actions = ["cancel_sends"]
     readonly_fields = [f.name for f in ScheduledSend._meta.fields]
     list_per_page = 100
-    show_full_result_count = False
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -14,8 +14,21 @@ from marketing import selectors, services
 from marketing.models import Cart, Customer, Event, Payment
 
 
+class LargeTableAdmin(admin.ModelAdmin):
+    """The list of a table that reaches millions of rows (customers, carts, payments, events,
+    sends), cheap to open: newest first by primary key (an index; the model's ordering, by a
+    date without an index, sorted the whole table for each page); no date hierarchy (it runs
+    SELECT DISTINCT date_trunc(...) over the whole table: the date filter does its job); one
+    COUNT(*), not a second one for the unfiltered total. At a million rows each list took
+    1.3-3.0 s to open, most of it in those queries."""
+
+    ordering = ("-pk",)
+    date_hierarchy = None
+    show_full_result_count = False
+
+
 @admin.register(Customer)
-class CustomerAdmin(admin.ModelAdmin):
+class CustomerAdmin(LargeTableAdmin):
     list_display = [
         "external_id",
         "email",
@@ -29,7 +42,6 @@ class CustomerAdmin(admin.ModelAdmin):
     list_filter = ["consent_email", "consent_sms", "timezone", "created_at"]
     search_fields = ["external_id", "email", "phone", "first_name"]
     readonly_fields = ["profile_as_of", "created_at", "updated_at"]
-    date_hierarchy = "created_at"
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # the shop's id is the key every event refers to: fixed once created
@@ -49,7 +61,7 @@ class CustomerAdmin(admin.ModelAdmin):
 
 
 @admin.register(Cart)
-class CartAdmin(admin.ModelAdmin):
+class CartAdmin(LargeTableAdmin):
     list_display = ["external_id", "customer", "total", "currency", "created_at", "updated_at"]
     list_filter = ["currency", "created_at"]
     search_fields = ["external_id", "customer__external_id", "customer__email"]
@@ -57,7 +69,6 @@ class CartAdmin(admin.ModelAdmin):
     autocomplete_fields = ["customer"]
     readonly_fields = ["created_at", "updated_at"]
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    date_hierarchy = "created_at"
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return [*self.readonly_fields, "external_id", "customer"] if obj else self.readonly_fields
@@ -75,7 +86,7 @@ class CartAdmin(admin.ModelAdmin):
 
 
 @admin.register(Payment)
-class PaymentAdmin(admin.ModelAdmin):
+class PaymentAdmin(LargeTableAdmin):
     list_display = [
         "external_id",
         "customer",
@@ -89,7 +100,6 @@ class PaymentAdmin(admin.ModelAdmin):
     search_fields = ["external_id", "customer__external_id", "customer__email", "discount_code"]
     list_select_related = ["customer", "cart"]
     autocomplete_fields = ["customer", "cart"]
-    date_hierarchy = "created_at"
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # a payment is a record of money taken: it can be added, never rewritten
@@ -138,7 +148,7 @@ class EventTypeFilter(admin.SimpleListFilter):
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(LargeTableAdmin):
     """The event log is evidence of what happened: read-only for everyone."""
 
     list_display = EVENT_COLUMNS
@@ -150,7 +160,6 @@ class EventAdmin(admin.ModelAdmin):
     ]
     search_fields = ["event_id", "type", "customer__external_id", "customer__email"]
     list_select_related = ["customer"]
-    date_hierarchy = "received_at"
     readonly_fields = (
         *EVENT_COLUMNS,
         "apply_attempts",
