@@ -443,18 +443,16 @@ _EVENT_AT_ONCE = prepared.Statement(
 )
 
 
-def _event_store_at_once(
+def _event_at_once_params(
     source: str,
     data: dict[str, Any],
     payload: dict[str, Any],
     body_sha256: str,
     received_at: datetime,
-) -> tuple[int, int | None] | None:
-    """What _event_store_stepwise does, in one statement; None when the statement could not
-    find the customer (an older event for a customer created concurrently: the statement's
-    snapshot does not show it), and wrote nothing."""
+) -> dict[str, Any]:
+    """_EVENT_AT_ONCE's values for one validated event."""
     cart, payment = data.get("cart") or {}, data.get("payment") or {}
-    params = {
+    return {
         **_profile(data["user"]),
         "as_of": data["occurred_at"],
         "now": received_at,
@@ -475,6 +473,20 @@ def _event_store_at_once(
         "payment_currency": payment.get("currency"),
         "discount_code": payment.get("discount_code") or "",
     }
+
+
+def _event_store_at_once(
+    source: str,
+    data: dict[str, Any],
+    payload: dict[str, Any],
+    body_sha256: str,
+    received_at: datetime,
+) -> tuple[int, int | None] | None:
+    """What _event_store_stepwise does, in one statement; None when the statement could not
+    find the customer (an older event for a customer created concurrently: the statement's
+    snapshot does not show it), and wrote nothing."""
+    params = _event_at_once_params(source, data, payload, body_sha256, received_at)
+    cart = data.get("cart")
     with connection.cursor() as cursor:
         _EVENT_AT_ONCE.execute(cursor, params)
         customer_id, event_pk, carts = cursor.fetchone()

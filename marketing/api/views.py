@@ -28,6 +28,13 @@ from marketing.validation import event_validate
 logger = logging.getLogger(__name__)
 
 
+# The three headers webhooks.verify reads, as WSGI names them (not all of request.headers).
+_SIGNATURE_HEADERS = [
+    (name, "HTTP_" + name.upper().replace("-", "_"))
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+]
+
+
 class JSONAnswers(BaseContentNegotiation):
     """Webhook answers are JSON whatever the Accept header says: a sender's HTTP client
     chooses that header, and DRF's negotiation would answer 406 to `Accept: application/xml`
@@ -90,13 +97,6 @@ class SignedEventView(APIView):
             {"detail": f"Body larger than {self.max_bytes} bytes."},
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
-
-
-# The three headers webhooks.verify reads, as WSGI names them (not all of request.headers).
-_SIGNATURE_HEADERS = [
-    (name, "HTTP_" + name.upper().replace("-", "_"))
-    for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
-]
 
 
 def _refuse_non_finite(text: str) -> float:

@@ -57,12 +57,17 @@ def payment(user: str) -> dict:
     )
 
 
-def pay(user: str) -> list[str]:
-    """A payment of `user`; the statements it sent that start with PREPARE or EXECUTE."""
-    with CaptureQueriesContext(connection) as queries:
-        ingest(payment(user))
+def prepared_calls(queries: CaptureQueriesContext) -> list[str]:
+    """`PREPARE name` / `EXECUTE name` for each such statement sent, in order."""
     sent = [q["sql"] for q in queries]
     return [sql.split("(")[0].strip() for sql in sent if sql.startswith(("PREPARE", "EXECUTE"))]
+
+
+def pay(user: str) -> list[str]:
+    """A payment of `user`; the PREPAREs and EXECUTEs it sent."""
+    with CaptureQueriesContext(connection) as queries:
+        ingest(payment(user))
+    return prepared_calls(queries)
 
 
 def sends_of(user: str) -> set[tuple[str, str]]:
@@ -74,7 +79,7 @@ def sends_of(user: str) -> set[tuple[str, str]]:
 def test_a_connection_prepares_each_statement_once_and_then_only_executes(demo_journeys):
     with CaptureQueriesContext(connection) as queries:
         registered("ana")
-    assert [q["sql"].split("(")[0].strip() for q in queries if "nudge_" in q["sql"]] == [
+    assert prepared_calls(queries) == [
         "PREPARE nudge_event_at_once",
         "EXECUTE nudge_event_at_once",
     ]

@@ -13,6 +13,8 @@ from journeys import services
 from journeys.models import Journey, ScheduledSend
 from marketing import selectors as marketing_selectors
 from marketing import services as marketing_services
+from marketing.validation import event_validate
+from tests.webhook_client import event
 
 pytestmark = [
     pytest.mark.django_db,
@@ -106,25 +108,13 @@ def test_prepared_statements_keep_their_indexes_in_a_generic_plan(many_sends):
     """After five executions PostgreSQL may run a prepared statement with a generic plan,
     made without the values: it must still use the indexes."""
     customer_id = ScheduledSend.objects.filter(customer__external_id="future7").get().customer_id
-    event_values = {
-        **dict.fromkeys(marketing_services._EVENT_AT_ONCE.names),
-        "id": "future7",
-        "as_of": timezone.now(),
-        "now": timezone.now(),
-        "source": "webhook",
-        "event_id": "explain-1",
-        "type": "payment_finished",
-        "occurred_at": timezone.now(),
-        "payload": "{}",
-        "sha": "-",
-        "payment_id": "p-explain",
-        "payment_cart": "c-explain",
-        "amount": "1.00",
-        "payment_currency": "EUR",
-        "discount_code": "",
-        "cart_url": "",
-        "cart_items": "[]",
-    }
+    payload = event("explain-1", "payment_finished", user_id="future7")
+    payload["payment"] = {"id": "p-x", "cart_id": "c-x", "amount": "1.00", "currency": "EUR"}
+    data, errors = event_validate(payload)
+    assert data is not None, errors
+    event_values = marketing_services._event_at_once_params(
+        "webhook", data, payload, "-", timezone.now()
+    )
     cancel_values = [
         "cancelled by payment p",
         customer_id,
