@@ -12,6 +12,8 @@ from pathlib import Path
 
 import environ
 
+from nudge.conf import DEFAULTS
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -39,6 +41,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
+    "nudge",
     "marketing",
     "journeys",
     "media_tasks",
@@ -154,19 +157,25 @@ SPECTACULAR_SETTINGS = {
 # Standard Webhooks secrets (whsec_<base64>), space-separated: several may be active during a
 # rotation. Unset means every signed request is refused with 401.
 NUDGE_WEBHOOK_SECRETS = env.str("NUDGE_WEBHOOK_SECRET", default="").split()
-NUDGE_WEBHOOK_TOLERANCE_SECONDS = env.int("NUDGE_WEBHOOK_TOLERANCE_SECONDS", default=300)
+NUDGE_WEBHOOK_TOLERANCE_SECONDS = env.int(
+    "NUDGE_WEBHOOK_TOLERANCE_SECONDS", default=DEFAULTS["NUDGE_WEBHOOK_TOLERANCE_SECONDS"]
+)
 # PostgreSQL: a single event's fixed statements are prepared once per connection (planning
 # them cost more than running them). Set false behind a pooler in transaction mode.
-NUDGE_DB_PREPARED_STATEMENTS = env.bool("NUDGE_DB_PREPARED_STATEMENTS", default=True)
-NUDGE_EVENT_MAX_BYTES = env.int("NUDGE_EVENT_MAX_BYTES", default=256 * 1024)
-NUDGE_BATCH_MAX_BYTES = env.int("NUDGE_BATCH_MAX_BYTES", default=8 * 1024 * 1024)
-NUDGE_BATCH_MAX_EVENTS = env.int("NUDGE_BATCH_MAX_EVENTS", default=1000)
+NUDGE_DB_PREPARED_STATEMENTS = env.bool(
+    "NUDGE_DB_PREPARED_STATEMENTS", default=DEFAULTS["NUDGE_DB_PREPARED_STATEMENTS"]
+)
+NUDGE_EVENT_MAX_BYTES = env.int("NUDGE_EVENT_MAX_BYTES", default=DEFAULTS["NUDGE_EVENT_MAX_BYTES"])
+NUDGE_BATCH_MAX_BYTES = env.int("NUDGE_BATCH_MAX_BYTES", default=DEFAULTS["NUDGE_BATCH_MAX_BYTES"])
+NUDGE_BATCH_MAX_EVENTS = env.int(
+    "NUDGE_BATCH_MAX_EVENTS", default=DEFAULTS["NUDGE_BATCH_MAX_EVENTS"]
+)
 
 # --- Task queue (django-q2) -----------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 _broker: dict[str, object] = {"redis": REDIS_URL} if REDIS_URL else {"orm": "default"}
 
-Q_MESSAGING_TIMEOUT = env.int("Q_MESSAGING_TIMEOUT", default=60)
+Q_MESSAGING_TIMEOUT = env.int("Q_MESSAGING_TIMEOUT", default=DEFAULTS["Q_MESSAGING_TIMEOUT"])
 Q_CLUSTER: dict[str, object] = {
     # "messaging" runs deadline-bound work (sends); "media" runs CPU-bound work with no
     # deadline. Start the media pool with Q_CLUSTER_NAME=media (see README, "Queues").
@@ -200,19 +209,30 @@ Q_CLUSTER: dict[str, object] = {
         },
     },
 }
+NUDGE_MESSAGING_CLUSTER = "messaging"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and not REDIS_URL:
     Q_CLUSTER["workers"] = env.int("Q_MESSAGING_WORKERS", default=1)
 
 # --- Media tasks (image compression on the "media" cluster) ---------------------------------
 NUDGE_MEDIA_CLUSTER = "media"
-NUDGE_MEDIA_MAX_UPLOAD_BYTES = env.int("NUDGE_MEDIA_MAX_UPLOAD_BYTES", default=25 * 1024 * 1024)
+NUDGE_MEDIA_MAX_UPLOAD_BYTES = env.int(
+    "NUDGE_MEDIA_MAX_UPLOAD_BYTES", default=DEFAULTS["NUDGE_MEDIA_MAX_UPLOAD_BYTES"]
+)
 # Decoded size limit (decompression bombs); Pillow's own, larger limit applies as well.
-NUDGE_MEDIA_MAX_PIXELS = env.int("NUDGE_MEDIA_MAX_PIXELS", default=50_000_000)
+NUDGE_MEDIA_MAX_PIXELS = env.int(
+    "NUDGE_MEDIA_MAX_PIXELS", default=DEFAULTS["NUDGE_MEDIA_MAX_PIXELS"]
+)
 # "name:max_px" pairs; each size gets a WebP and a JPEG (PNG for transparent images).
-NUDGE_MEDIA_VARIANTS = env.list("NUDGE_MEDIA_VARIANTS", default=["large:1600", "thumb:400"])
-NUDGE_MEDIA_WEBP_QUALITY = env.int("NUDGE_MEDIA_WEBP_QUALITY", default=80)
-NUDGE_MEDIA_WEBP_METHOD = env.int("NUDGE_MEDIA_WEBP_METHOD", default=4)
-NUDGE_MEDIA_JPEG_QUALITY = env.int("NUDGE_MEDIA_JPEG_QUALITY", default=82)
+NUDGE_MEDIA_VARIANTS = env.list("NUDGE_MEDIA_VARIANTS", default=DEFAULTS["NUDGE_MEDIA_VARIANTS"])
+NUDGE_MEDIA_WEBP_QUALITY = env.int(
+    "NUDGE_MEDIA_WEBP_QUALITY", default=DEFAULTS["NUDGE_MEDIA_WEBP_QUALITY"]
+)
+NUDGE_MEDIA_WEBP_METHOD = env.int(
+    "NUDGE_MEDIA_WEBP_METHOD", default=DEFAULTS["NUDGE_MEDIA_WEBP_METHOD"]
+)
+NUDGE_MEDIA_JPEG_QUALITY = env.int(
+    "NUDGE_MEDIA_JPEG_QUALITY", default=DEFAULTS["NUDGE_MEDIA_JPEG_QUALITY"]
+)
 # A row left in "processing" longer than this was abandoned (its worker is killed after
 # Q_MEDIA_TIMEOUT) and may be claimed again.
 NUDGE_MEDIA_STALE_AFTER_SECONDS = env.int(
@@ -245,36 +265,52 @@ LOGGING = {
 # --- Journeys -------------------------------------------------------------------------------
 # Channel backends by name; "journeys.channels.OutboxChannel" records messages on the row only.
 NUDGE_CHANNELS = {
-    "email": env.str("NUDGE_EMAIL_CHANNEL", default="journeys.channels.OutboxChannel"),
-    "sms": env.str("NUDGE_SMS_CHANNEL", default="journeys.channels.OutboxChannel"),
+    "email": env.str("NUDGE_EMAIL_CHANNEL", default=DEFAULTS["NUDGE_CHANNELS"]["email"]),
+    "sms": env.str("NUDGE_SMS_CHANNEL", default=DEFAULTS["NUDGE_CHANNELS"]["sms"]),
 }
 # Event types a journey may use besides the built-in ones and those already received.
-NUDGE_EXTRA_EVENT_TYPES = env.list("NUDGE_EXTRA_EVENT_TYPES", default=[])
+NUDGE_EXTRA_EVENT_TYPES = env.list(
+    "NUDGE_EXTRA_EVENT_TYPES", default=DEFAULTS["NUDGE_EXTRA_EVENT_TYPES"]
+)
 # The ticker: how often it looks for due sends, how many it claims per query, and how many
 # ids one dispatch task carries.
-NUDGE_TICK_SECONDS = env.float("NUDGE_TICK_SECONDS", default=0.2)
-NUDGE_CLAIM_BATCH = env.int("NUDGE_CLAIM_BATCH", default=500)
-NUDGE_DISPATCH_CHUNK = env.int("NUDGE_DISPATCH_CHUNK", default=100)
+NUDGE_TICK_SECONDS = env.float("NUDGE_TICK_SECONDS", default=DEFAULTS["NUDGE_TICK_SECONDS"])
+NUDGE_CLAIM_BATCH = env.int("NUDGE_CLAIM_BATCH", default=DEFAULTS["NUDGE_CLAIM_BATCH"])
+NUDGE_DISPATCH_CHUNK = env.int("NUDGE_DISPATCH_CHUNK", default=DEFAULTS["NUDGE_DISPATCH_CHUNK"])
 # ids per dispatch task: a task dispatches them NUDGE_DISPATCH_CHUNK at a time (one
 # transaction each), and hands what is left after half its timeout to a new task
-NUDGE_DISPATCH_TASK_SIZE = env.int("NUDGE_DISPATCH_TASK_SIZE", default=200)
+NUDGE_DISPATCH_TASK_SIZE = env.int(
+    "NUDGE_DISPATCH_TASK_SIZE", default=DEFAULTS["NUDGE_DISPATCH_TASK_SIZE"]
+)
 # A claimed send whose worker has not finished after this long is handed out again.
-NUDGE_SEND_LEASE_SECONDS = env.int("NUDGE_SEND_LEASE_SECONDS", default=120)
+NUDGE_SEND_LEASE_SECONDS = env.int(
+    "NUDGE_SEND_LEASE_SECONDS", default=DEFAULTS["NUDGE_SEND_LEASE_SECONDS"]
+)
 # How long a process may use its copy of the journeys without re-reading them when nothing
 # in the journeys' version (counts, last updates, active ones) changed: bounds how late a
 # change the version cannot see (QuerySet.update() without updated_at) is seen. Any saved
 # journey or step is seen at once.
-NUDGE_JOURNEY_CACHE_SECONDS = env.float("NUDGE_JOURNEY_CACHE_SECONDS", default=5.0)
+NUDGE_JOURNEY_CACHE_SECONDS = env.float(
+    "NUDGE_JOURNEY_CACHE_SECONDS", default=DEFAULTS["NUDGE_JOURNEY_CACHE_SECONDS"]
+)
 # Webhook ingestion asks every event whether it exits a journey; it re-reads the journeys'
 # version at most this often (a journey saved by the same process is seen at once).
-NUDGE_JOURNEY_RECHECK_SECONDS = env.float("NUDGE_JOURNEY_RECHECK_SECONDS", default=1.0)
+NUDGE_JOURNEY_RECHECK_SECONDS = env.float(
+    "NUDGE_JOURNEY_RECHECK_SECONDS", default=DEFAULTS["NUDGE_JOURNEY_RECHECK_SECONDS"]
+)
 # A send is marked failed after this many attempts.
-NUDGE_SEND_MAX_ATTEMPTS = env.int("NUDGE_SEND_MAX_ATTEMPTS", default=5)
+NUDGE_SEND_MAX_ATTEMPTS = env.int(
+    "NUDGE_SEND_MAX_ATTEMPTS", default=DEFAULTS["NUDGE_SEND_MAX_ATTEMPTS"]
+)
 # Stored events are applied to journeys (enrolments) by the messaging workers: the ticker
 # hands them out in tasks of this many ids, and hands an event out again when its worker has
 # not finished after the lease; an event whose application failed NUDGE_SEND_MAX_ATTEMPTS
 # times stays unapplied, with its error (admin, event log).
-NUDGE_APPLY_CHUNK = env.int("NUDGE_APPLY_CHUNK", default=50)
-NUDGE_APPLY_LEASE_SECONDS = env.int("NUDGE_APPLY_LEASE_SECONDS", default=120)
+NUDGE_APPLY_CHUNK = env.int("NUDGE_APPLY_CHUNK", default=DEFAULTS["NUDGE_APPLY_CHUNK"])
+NUDGE_APPLY_LEASE_SECONDS = env.int(
+    "NUDGE_APPLY_LEASE_SECONDS", default=DEFAULTS["NUDGE_APPLY_LEASE_SECONDS"]
+)
 # The ticker hands out events only while fewer tasks than this wait in the messaging queue.
-NUDGE_APPLY_QUEUE_LIMIT = env.int("NUDGE_APPLY_QUEUE_LIMIT", default=20)
+NUDGE_APPLY_QUEUE_LIMIT = env.int(
+    "NUDGE_APPLY_QUEUE_LIMIT", default=DEFAULTS["NUDGE_APPLY_QUEUE_LIMIT"]
+)

@@ -11,7 +11,7 @@ from django.utils.functional import cached_property
 from journeys import selectors, services
 from journeys.models import Journey, JourneyStep, ScheduledSend
 from journeys.specs import event_type_problem, step_problems
-from marketing.admin import LargeTableAdmin
+from nudge.admin import LargeTableAdmin
 
 
 class JourneyForm(forms.ModelForm):

@@ -26,8 +26,8 @@ from journeys.durations import humanize
 from journeys.models import Enrollment, Journey, JourneyStep, ScheduledSend
 from journeys.rendering import render
 from journeys.specs import JourneySpec, journey_spec_parse
-from marketing import prepared
 from marketing.models import Cart, Channel, Customer, Event
+from nudge.db import prepared
 
 logger = logging.getLogger(__name__)
 

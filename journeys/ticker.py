@@ -24,6 +24,7 @@ from django_q.tasks import async_task
 
 from journeys import services
 from marketing import services as marketing_services
+from nudge import conf
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ APPLY_TASK = "marketing.tasks.events_apply"
 
 @functools.cache
 def _messaging_broker() -> Broker:
-    return get_broker(settings.Q_CLUSTER["cluster_name"])
+    return get_broker(conf.messaging_cluster())
 
 
 def _queue_size() -> int:
@@ -52,7 +53,7 @@ def _enqueue(task: str, ids: list[int], *, chunk: int, group: str) -> None:
             task,
             ids[start : start + chunk],
             group=group,
-            cluster=settings.Q_CLUSTER["cluster_name"],
+            cluster=conf.messaging_cluster(),
             # the rows (ScheduledSend, Event.applied_at) are the record: a successful task
             # leaves no result row (failures are still saved), which spares the monitor a
             # write and a prune

@@ -17,9 +17,9 @@ from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from marketing import prepared
 from marketing.models import Cart, Customer, Event, EventType, Payment
 from marketing.signals import events_applying, events_stored
+from nudge.db import prepared
 
 logger = logging.getLogger(__name__)
 
@@ -509,7 +509,7 @@ def event_ingest(*, source: str, data: dict[str, Any], payload: dict[str, Any]) 
     `events_stored` receivers do (a payment's cancellations). Enrolments follow, applied by
     events_apply once the event is committed.
 
-    On PostgreSQL its fixed statements run prepared (see marketing.prepared); if a pooler
+    On PostgreSQL its fixed statements run prepared (see nudge.db.prepared); if a pooler
     turns out to be in the way, the transaction is run again without them.
     """
     if prepared.usable():

@@ -1,5 +1,10 @@
 from django.apps import AppConfig
 
+from nudge.conf import defaults_apply
+
+# Before any model or service reads a setting: the host project sets only what it changes.
+defaults_apply()
+
 
 class MediaTasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"

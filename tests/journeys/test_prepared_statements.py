@@ -1,4 +1,4 @@
-"""A single event's statements run prepared on PostgreSQL (marketing.prepared): once per
+"""A single event's statements run prepared on PostgreSQL (nudge.db.prepared): once per
 connection, the same outcome as unprepared, and nothing lost behind a transaction pooler."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from journeys.models import ScheduledSend
-from marketing import prepared
 from marketing.models import Event
+from nudge.db import prepared
 from tests.journeys.conftest import ingest, make_event, minutes_ago
 from tests.webhook_client import SECRET, post_signed
 
@@ -127,7 +127,7 @@ def test_a_pooler_handing_over_another_session_loses_nothing(
         cursor.execute("DEALLOCATE ALL")  # what another server session looks like to us
 
     with (
-        caplog.at_level(logging.ERROR, logger="marketing.prepared"),
+        caplog.at_level(logging.ERROR, logger="nudge.db.prepared"),
         CaptureQueriesContext(connection) as queries,
     ):
         response = post_signed(client, "/api/events/", payment("bo"))

@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+
+from nudge.conf import defaults_apply
+
+defaults_apply()
+
+
+class NudgeConfig(AppConfig):
+    """Nudge's core: no models; its templates (the project's top-level `templates/`, shipped
+    inside the package by the wheel) and the settings defaults."""
+
+    name = "nudge"
+    verbose_name = "Nudge"

@@ -1,0 +1,77 @@
+"""Every setting Nudge's apps read, with its default, so that a host project sets only what
+it changes. `defaults_apply()` (called by each app's AppConfig module, before any model or
+service is imported) gives `django.conf.settings` each default the host left out, as
+django-appconf does; the apps then read plain `settings.NUDGE_*`.
+
+The standalone site (`config/settings.py`) reads the same names from the environment, with
+these values as its defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # --- webhooks
+    # Standard Webhooks secrets (whsec_<base64>); several may be active during a rotation.
+    # None means every signed request is refused with 401.
+    "NUDGE_WEBHOOK_SECRETS": [],
+    "NUDGE_WEBHOOK_TOLERANCE_SECONDS": 300,
+    # PostgreSQL: a single event's fixed statements are prepared once per connection. Set
+    # False behind a pooler in transaction mode.
+    "NUDGE_DB_PREPARED_STATEMENTS": True,
+    "NUDGE_EVENT_MAX_BYTES": 256 * 1024,
+    "NUDGE_BATCH_MAX_BYTES": 8 * 1024 * 1024,
+    "NUDGE_BATCH_MAX_EVENTS": 1000,
+    # --- journeys
+    "NUDGE_CHANNELS": {
+        "email": "journeys.channels.OutboxChannel",
+        "sms": "journeys.channels.OutboxChannel",
+    },
+    "NUDGE_EXTRA_EVENT_TYPES": [],
+    "NUDGE_TICK_SECONDS": 0.2,
+    "NUDGE_CLAIM_BATCH": 500,
+    "NUDGE_DISPATCH_CHUNK": 100,
+    "NUDGE_DISPATCH_TASK_SIZE": 200,
+    "NUDGE_SEND_LEASE_SECONDS": 120,
+    "NUDGE_JOURNEY_CACHE_SECONDS": 5.0,
+    "NUDGE_JOURNEY_RECHECK_SECONDS": 1.0,
+    "NUDGE_SEND_MAX_ATTEMPTS": 5,
+    "NUDGE_APPLY_CHUNK": 50,
+    "NUDGE_APPLY_LEASE_SECONDS": 120,
+    "NUDGE_APPLY_QUEUE_LIMIT": 20,
+    # Host models as event sources (see README, "Events from your own models").
+    "NUDGE_HOST_EVENTS": [],
+    # The django-q2 cluster that runs sends and event application (None: the default
+    # cluster, Q_CLUSTER's cluster_name or name), and its task timeout.
+    "NUDGE_MESSAGING_CLUSTER": None,
+    "Q_MESSAGING_TIMEOUT": 60,
+    # --- media tasks (image compression on their own cluster)
+    "NUDGE_MEDIA_CLUSTER": "media",
+    "NUDGE_MEDIA_MAX_UPLOAD_BYTES": 25 * 1024 * 1024,
+    "NUDGE_MEDIA_MAX_PIXELS": 50_000_000,
+    "NUDGE_MEDIA_VARIANTS": ["large:1600", "thumb:400"],
+    "NUDGE_MEDIA_WEBP_QUALITY": 80,
+    "NUDGE_MEDIA_WEBP_METHOD": 4,
+    "NUDGE_MEDIA_JPEG_QUALITY": 82,
+    # a row left "processing" longer than this was abandoned (Q_MEDIA_TIMEOUT + 60 s)
+    "NUDGE_MEDIA_STALE_AFTER_SECONDS": 660,
+}
+
+
+def defaults_apply() -> None:
+    """Set each of DEFAULTS that the project's settings leave out (idempotent)."""
+    for name, value in DEFAULTS.items():
+        if not hasattr(settings, name):
+            setattr(settings, name, copy.deepcopy(value))
+
+
+def messaging_cluster() -> str:
+    """The name of the django-q2 cluster whose workers run sends and event application."""
+    if settings.NUDGE_MESSAGING_CLUSTER:
+        return str(settings.NUDGE_MESSAGING_CLUSTER)
+    q_cluster = getattr(settings, "Q_CLUSTER", {})
+    return str(q_cluster.get("cluster_name") or q_cluster.get("name") or "default")
