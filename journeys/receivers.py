@@ -1,4 +1,6 @@
-"""Journeys listen to marketing's events; marketing never imports journeys."""
+"""Journeys listen to marketing's `events_stored` (marketing never imports journeys), and to
+their own models' saves. Applying stored events is not a signal: journeys' ticker and task call
+marketing's verbs (services.applying)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from django.db.models.signals import post_delete, post_save
 from journeys import selectors, services
 from journeys.models import Journey, JourneyStep
 from marketing.models import Event
-from marketing.signals import events_applying, events_stored
+from marketing.signals import events_stored
 
 
 def cancel_on_exit(sender: type, events: list[Event], **kwargs: Any) -> None:
@@ -17,12 +19,6 @@ def cancel_on_exit(sender: type, events: list[Event], **kwargs: Any) -> None:
     cancellation locks the sends it cancels before the payment commits, so a racing
     dispatch either sees it or finishes first."""
     services.events_exits_apply(events=events)
-
-
-def apply_events(sender: type, events: list[Event], **kwargs: Any) -> None:
-    """On a messaging worker, with the customers locked: each event's exits again (sends
-    enrolled since it was stored), then its enrolments."""
-    services.events_apply(events=events)
 
 
 def forget_journeys(sender: type, **kwargs: Any) -> None:
@@ -36,4 +32,3 @@ def connect() -> None:
                 forget_journeys, sender=model, dispatch_uid=f"journeys-forget-{model.__name__}"
             )
     events_stored.connect(cancel_on_exit, sender=Event, dispatch_uid="journeys-cancel-on-exit")
-    events_applying.connect(apply_events, sender=Event, dispatch_uid="journeys-apply-events")

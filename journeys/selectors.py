@@ -12,18 +12,19 @@ from django.db.models import QuerySet
 
 from journeys.durations import format_iso_duration
 from journeys.models import Journey, JourneyStep, ScheduledSend
+from journeys.sqlnames import sql
 from marketing import selectors as marketing_selectors
-from marketing.models import Event, EventType
+from marketing.models import EventType
 
 # Every event asks which journeys it triggers and exits. Journeys change rarely, so each
 # process keeps them (with their steps) and re-reads them only when this one cheap query says
 # they changed: it also sees changes made by other processes, and rolled-back ones.
-_JOURNEYS_VERSION_SQL = """
-SELECT (SELECT count(*) FROM journeys_journey), (SELECT max(updated_at) FROM journeys_journey),
-       (SELECT sum(id) FROM journeys_journey WHERE active),
-       (SELECT count(*) FROM journeys_journeystep), (SELECT max(id) FROM journeys_journeystep),
-       (SELECT max(updated_at) FROM journeys_journeystep)
-"""
+_JOURNEYS_VERSION_SQL = sql("""
+SELECT (SELECT count(*) FROM {journey}), (SELECT max(updated_at) FROM {journey}),
+       (SELECT sum(id) FROM {journey} WHERE active),
+       (SELECT count(*) FROM {step}), (SELECT max(id) FROM {step}),
+       (SELECT max(updated_at) FROM {step})
+""")
 
 
 @dataclass
@@ -88,18 +89,6 @@ def known_event_types() -> set[str]:
     """Types a journey may use: built-in, configured, and any type already received."""
     received = marketing_selectors.event_types_received()
     return set(EventType.values) | set(settings.NUDGE_EXTRA_EVENT_TYPES) | set(received)
-
-
-def exit_cart_id(event: Event) -> str | None:
-    """The cart an exit event is about, for journeys whose exit scope is the cart: the
-    payment's cart, else the event's own cart. The one rule for cancelling, enrolling and
-    dispatching."""
-    payload = event.payload if isinstance(event.payload, dict) else {}
-    for key, name in (("payment", "cart_id"), ("cart", "id")):
-        part = payload.get(key)
-        if isinstance(part, dict) and part.get(name):
-            return str(part[name])
-    return None
 
 
 def scheduled_sends(

@@ -16,3 +16,8 @@ def scheduled_sends_dispatch(send_ids: list[int]) -> dict[str, int]:
     if left:
         ticker.enqueue_dispatch(left)
     return outcomes
+
+
+def events_apply(event_ids: list[int]) -> int:
+    """Apply a chunk of claimed events to journeys; the count ends up in the task result."""
+    return services.events_apply(event_ids=event_ids)

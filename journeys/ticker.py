@@ -29,7 +29,7 @@ from nudge import conf
 logger = logging.getLogger(__name__)
 
 DISPATCH_TASK = "journeys.tasks.scheduled_sends_dispatch"
-APPLY_TASK = "marketing.tasks.events_apply"
+APPLY_TASK = "journeys.tasks.events_apply"
 
 
 @functools.cache

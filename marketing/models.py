@@ -117,8 +117,8 @@ class Event(models.Model):
     received_at = models.DateTimeField(default=now)
     payload = models.JSONField()
     body_sha256 = models.CharField(max_length=64)
-    # What an event means for journeys (enrolments) is applied after it is stored, by the
-    # ticker and the messaging workers (services.events_apply); until then applied_at is null.
+    # What an event means for journeys (enrolments) is applied after it is stored, by journeys'
+    # task on the messaging workers (through services.applying); until then applied_at is null.
     # apply_claimed_at is the lease of the worker applying it; apply_attempts and apply_error
     # count and explain failed applications.
     applied_at = models.DateTimeField(null=True, blank=True)

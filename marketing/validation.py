@@ -7,14 +7,14 @@ it cannot prove valid, a blank, a bad value, a NUL character) goes to `EventSeri
 error message is DRF's by construction and the fast path only ever says "valid, and here is what
 the serializer would have returned".
 
-The limits below copy `marketing.api.serializers`; tests/marketing/test_validation.py checks they
-still agree with the serializer's fields and compares both on generated events.
+Both take their limits and patterns from `marketing.event_fields`;
+tests/marketing/test_validation.py checks that the fields below still match the serializer's
+and compares both on generated events.
 """
 
 from __future__ import annotations
 
 import re
-import zoneinfo
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any, cast
@@ -25,26 +25,33 @@ from django.core.validators import EmailValidator, URLValidator
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from marketing.api.serializers import (
-    _SURROGATE,
+from marketing.api.serializers import EventSerializer
+from marketing.event_fields import (
+    CURRENCY_PATTERN,
     EVENT_TYPE_PATTERN,
     MAX_CLOCK_SKEW,
     MAX_ITEMS,
-    EventSerializer,
+    MAX_LENGTH,
+    MONEY_DECIMAL_PLACES,
+    MONEY_MAX_DIGITS,
+    OFFSET_PATTERN,
+    SURROGATE,
+    time_zone_known,
 )
 from marketing.models import E164, EventType
 
 _MISSING = object()
 _EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CURRENCY = re.compile(CURRENCY_PATTERN)
 _E164 = cast("re.Pattern[str]", E164.regex)
 _PHONE = re.compile(_E164.pattern, _E164.flags)  # not through E164's lazy proxy
 # EventSerializer.validate_occurred_at's check on the raw value
-_OFFSET = re.compile(r"([zZ]|[+-]\d\d:?\d\d)$")
+_OFFSET = re.compile(OFFSET_PATTERN)
 # Amounts DecimalField(max_digits=12, decimal_places=2, min_value=0) surely takes as they are;
 # anything else (a sign, an exponent, more digits, a number instead of a string) is DRF's call.
-_AMOUNT = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,2})?")
-_CENT = Decimal("0.01")
+_WHOLE_DIGITS = MONEY_MAX_DIGITS - MONEY_DECIMAL_PLACES
+_AMOUNT = re.compile(rf"[0-9]{{1,{_WHOLE_DIGITS}}}(?:\.[0-9]{{1,{MONEY_DECIMAL_PLACES}}})?")
+_CENT = Decimal(1).scaleb(-MONEY_DECIMAL_PLACES)
 # Django's EmailValidator and URLValidator take 10-20 us a value (large Unicode regexes,
 # urlsplit). These plain ASCII forms are subsets of what they accept, label for label (host
 # label, more labels, alphabetic TLD; dot-atom local part; http(s) with no user, port or
@@ -79,7 +86,7 @@ def _event(payload: Any) -> dict[str, Any]:
     if type(payload) is not dict or not _clean(payload, 0):
         raise _Unusual
     event: dict[str, Any] = {}
-    _text(payload, event, "id", 255)
+    _text(payload, event, "id", MAX_LENGTH["id"])
     event_type = _text(payload, event, "type", None, check=_EVENT_TYPE.search)
     event["occurred_at"] = _occurred_at(payload.get("occurred_at", _MISSING))
     event["user"] = _user(payload.get("user", _MISSING))
@@ -114,7 +121,7 @@ def _clean_strings(values: Iterable[Any], depth: int) -> bool:
             if value.isascii():
                 if "\x00" in value:
                     return False
-            elif "\x00" in value or _SURROGATE.search(value) is not None:
+            elif "\x00" in value or SURROGATE.search(value) is not None:
                 return False
         elif isinstance(value, str | dict | list) and (
             depth >= _MAX_DEPTH or not _clean(value, depth + 1)
@@ -198,14 +205,6 @@ def _passes(validator: Callable[[str], None]) -> Callable[[str], bool]:
     return check
 
 
-def _known_zone(value: str) -> bool:
-    try:
-        zoneinfo.ZoneInfo(value)
-    except Exception:
-        return False
-    return True
-
-
 _django_email = _passes(_EMAIL)
 _django_url = _passes(_URL)
 
@@ -226,11 +225,28 @@ def _user(user: Any) -> dict[str, Any]:
     if type(user) is not dict:
         raise _Unusual
     out: dict[str, Any] = {}
-    _text(user, out, "id", 255)
-    _text(user, out, "email", 254, required=False, blank=True, check=_email)
-    _text(user, out, "phone", 16, required=False, blank=True, null=True, check=_PHONE.search)
-    _text(user, out, "first_name", 150, required=False, blank=True, null=True)
-    _text(user, out, "timezone", 64, required=False, check=_known_zone)
+    _text(user, out, "id", MAX_LENGTH["user.id"])
+    _text(user, out, "email", MAX_LENGTH["user.email"], required=False, blank=True, check=_email)
+    _text(
+        user,
+        out,
+        "phone",
+        MAX_LENGTH["user.phone"],
+        required=False,
+        blank=True,
+        null=True,
+        check=_PHONE.search,
+    )
+    _text(
+        user,
+        out,
+        "first_name",
+        MAX_LENGTH["user.first_name"],
+        required=False,
+        blank=True,
+        null=True,
+    )
+    _text(user, out, "timezone", MAX_LENGTH["user.timezone"], required=False, check=time_zone_known)
     consent = user.get("consent", _MISSING)
     if consent is not _MISSING:
         if type(consent) is not dict:
@@ -251,10 +267,18 @@ def _cart(cart: Any) -> dict[str, Any]:
     if type(cart) is not dict:
         raise _Unusual
     out: dict[str, Any] = {}
-    _text(cart, out, "id", 255)
+    _text(cart, out, "id", MAX_LENGTH["cart.id"])
     _amount(cart, out, "total")
     _text(cart, out, "currency", None, check=_CURRENCY.search)
-    _text(cart, out, "checkout_url", 2000, required=False, blank=True, check=_url)
+    _text(
+        cart,
+        out,
+        "checkout_url",
+        MAX_LENGTH["cart.checkout_url"],
+        required=False,
+        blank=True,
+        check=_url,
+    )
     items = cart.get("items", _MISSING)
     if items is not _MISSING:
         if type(items) is not list or len(items) > MAX_ITEMS:
@@ -272,9 +296,17 @@ def _payment(payment: Any) -> dict[str, Any]:
     if type(payment) is not dict:
         raise _Unusual
     out: dict[str, Any] = {}
-    _text(payment, out, "id", 255)
-    _text(payment, out, "cart_id", 255, required=False, null=True)
+    _text(payment, out, "id", MAX_LENGTH["payment.id"])
+    _text(payment, out, "cart_id", MAX_LENGTH["payment.cart_id"], required=False, null=True)
     _amount(payment, out, "amount")
     _text(payment, out, "currency", None, check=_CURRENCY.search)
-    _text(payment, out, "discount_code", 64, required=False, blank=True, null=True)
+    _text(
+        payment,
+        out,
+        "discount_code",
+        MAX_LENGTH["payment.discount_code"],
+        required=False,
+        blank=True,
+        null=True,
+    )
     return out

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import re
-import zoneinfo
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 from rest_framework import serializers
 
+from marketing.event_fields import (
+    CURRENCY_PATTERN,
+    EVENT_TYPE_PATTERN,
+    MAX_CLOCK_SKEW,
+    MAX_ITEMS,
+    MAX_LENGTH,
+    MONEY_DECIMAL_PLACES,
+    MONEY_MAX_DIGITS,
+    OFFSET_PATTERN,
+    SURROGATE,
+    time_zone_known,
+)
 from marketing.models import E164, EventType
 
-MAX_ITEMS = 500
-EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
-# How far in the future an event's occurred_at may be (sender clock skew).
-MAX_CLOCK_SKEW = timedelta(minutes=10)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_OFFSET = re.compile(OFFSET_PATTERN)
 
 
 def _no_nul(value: Any) -> None:
@@ -28,7 +32,7 @@ def _no_nul(value: Any) -> None:
     if isinstance(value, str):
         if "\x00" in value:
             raise serializers.ValidationError("must not contain the NUL character (\\u0000)")
-        if _SURROGATE.search(value):
+        if SURROGATE.search(value):
             raise serializers.ValidationError("must not contain lone surrogates (\\ud800-\\udfff)")
     elif isinstance(value, dict):
         for key, item in value.items():
@@ -40,16 +44,14 @@ def _no_nul(value: Any) -> None:
 
 
 def _validate_timezone(value: str) -> None:
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
-        raise serializers.ValidationError(f"unknown time zone {value!r}") from exc
+    if not time_zone_known(value):
+        raise serializers.ValidationError(f"unknown time zone {value!r}")
 
 
 class CurrencyField(serializers.RegexField):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
-            r"^[A-Z]{3}$", error_messages={"invalid": "ISO 4217 code, e.g. EUR."}, **kwargs
+            CURRENCY_PATTERN, error_messages={"invalid": "ISO 4217 code, e.g. EUR."}, **kwargs
         )
 
 
@@ -59,40 +61,59 @@ class ConsentSerializer(serializers.Serializer):
 
 
 class UserSerializer(serializers.Serializer):
-    id = serializers.CharField(max_length=255)
-    email = serializers.EmailField(max_length=254, required=False, allow_blank=True)
+    id = serializers.CharField(max_length=MAX_LENGTH["user.id"])
+    email = serializers.EmailField(
+        max_length=MAX_LENGTH["user.email"], required=False, allow_blank=True
+    )
     phone = serializers.CharField(
-        max_length=16, required=False, allow_blank=True, allow_null=True, validators=[E164]
+        max_length=MAX_LENGTH["user.phone"],
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        validators=[E164],
     )
     first_name = serializers.CharField(
-        max_length=150, required=False, allow_blank=True, allow_null=True
+        max_length=MAX_LENGTH["user.first_name"], required=False, allow_blank=True, allow_null=True
     )
-    timezone = serializers.CharField(max_length=64, required=False, validators=[_validate_timezone])
+    timezone = serializers.CharField(
+        max_length=MAX_LENGTH["user.timezone"], required=False, validators=[_validate_timezone]
+    )
     consent = ConsentSerializer(required=False)
 
 
 class CartSerializer(serializers.Serializer):
-    id = serializers.CharField(max_length=255)
-    total = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0)
+    id = serializers.CharField(max_length=MAX_LENGTH["cart.id"])
+    total = serializers.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, min_value=0
+    )
     currency = CurrencyField()
-    checkout_url = serializers.URLField(max_length=2000, required=False, allow_blank=True)
+    checkout_url = serializers.URLField(
+        max_length=MAX_LENGTH["cart.checkout_url"], required=False, allow_blank=True
+    )
     items = serializers.ListField(
         child=serializers.DictField(), required=False, max_length=MAX_ITEMS
     )
 
 
 class PaymentSerializer(serializers.Serializer):
-    id = serializers.CharField(max_length=255)
-    cart_id = serializers.CharField(max_length=255, required=False, allow_null=True)
-    amount = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0)
+    id = serializers.CharField(max_length=MAX_LENGTH["payment.id"])
+    cart_id = serializers.CharField(
+        max_length=MAX_LENGTH["payment.cart_id"], required=False, allow_null=True
+    )
+    amount = serializers.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, min_value=0
+    )
     currency = CurrencyField()
     discount_code = serializers.CharField(
-        max_length=64, required=False, allow_null=True, allow_blank=True
+        max_length=MAX_LENGTH["payment.discount_code"],
+        required=False,
+        allow_null=True,
+        allow_blank=True,
     )
 
 
 class EventSerializer(serializers.Serializer):
-    id = serializers.CharField(max_length=255)
+    id = serializers.CharField(max_length=MAX_LENGTH["id"])
     type = serializers.RegexField(
         EVENT_TYPE_PATTERN,
         error_messages={"invalid": "lower-case letters, digits, '_' and '.', at most 64."},
@@ -112,7 +133,7 @@ class EventSerializer(serializers.Serializer):
 
     def validate_occurred_at(self, value: Any) -> Any:
         raw = self.initial_data.get("occurred_at") if isinstance(self.initial_data, dict) else None
-        if isinstance(raw, str) and not re.search(r"([zZ]|[+-]\d\d:?\d\d)$", raw):
+        if isinstance(raw, str) and not _OFFSET.search(raw):
             raise serializers.ValidationError(
                 "must carry a time zone offset, e.g. 2026-11-28T12:00:00Z"
             )

@@ -24,6 +24,7 @@ from marketing import services, webhooks
 from marketing.api.serializers import EventBatchSerializer, EventSerializer
 from marketing.models import Event
 from marketing.validation import event_validate
+from nudge.api import exception_handler
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ class SignedEventView(APIView):
     renderer_classes = [JSONRenderer]
     content_negotiation_class = JSONAnswers
     max_bytes = 0
+
+    def get_exception_handler(self) -> Any:
+        # A database outage is a 503 with Retry-After for senders, under any host's handler.
+        return exception_handler
 
     def _verified_json(self, request: Request) -> tuple[Any, Response | None]:
         length = request.META.get("CONTENT_LENGTH") or "0"
@@ -144,11 +149,10 @@ def _answer(outcome: services.BatchOutcome) -> tuple[int, dict[str, Any]]:
 
 def _ingest_one(payload: Any) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) for one event; DatabaseError propagates (503 for the request)."""
-    data, errors = event_validate(payload)
-    if data is None:
-        return status.HTTP_400_BAD_REQUEST, {"errors": errors}
     try:
-        result = services.event_ingest(source=Event.Source.WEBHOOK, data=data, payload=payload)
+        result = services.event_record(source=Event.Source.WEBHOOK, payload=payload)
+    except services.EventInvalid as exc:
+        return status.HTTP_400_BAD_REQUEST, {"errors": exc.errors}
     except (services.EventConflict, services.CartOwnedByAnotherCustomer) as exc:
         return _answer(exc)
     return _answer(result)

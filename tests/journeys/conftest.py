@@ -11,7 +11,7 @@ from django_q.signing import SignedPackage
 from journeys import services
 from journeys.models import ScheduledSend
 from marketing.models import Event
-from marketing.services import IngestResult, event_ingest, events_apply_pending
+from marketing.services import IngestResult, event_ingest
 from marketing.validation import event_validate
 from tests.webhook_client import event
 
@@ -61,7 +61,7 @@ def ingest(payload: dict[str, Any]) -> IngestResult:
     data, errors = event_validate(payload)
     assert data is not None, errors
     result = event_ingest(source=Event.Source.WEBHOOK, data=data, payload=payload)
-    events_apply_pending()
+    services.events_apply_pending()
     return result
 
 

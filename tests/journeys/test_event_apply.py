@@ -10,12 +10,12 @@ import pytest
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from journeys import ticker
-from journeys.models import Enrollment, ScheduledSend
+from journeys import services, ticker
+from journeys.models import Enrollment, Journey, ScheduledSend
+from journeys.services.enrolment import EnrolmentPlan
 from marketing import services as marketing_services
 from marketing.api.serializers import EventSerializer
 from marketing.models import Customer, Event
-from marketing.signals import events_applying
 from tests.journeys.conftest import (
     dispatch_due,
     ingest,
@@ -50,8 +50,8 @@ def test_a_stored_event_enrols_once_it_is_applied_and_only_once():
 
     assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == [event.pk]
     assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == []  # leased
-    assert marketing_services.events_apply(event_ids=[event.pk]) == 1
-    assert marketing_services.events_apply(event_ids=[event.pk]) == 0  # a repeated task
+    assert services.events_apply(event_ids=[event.pk]) == 1
+    assert services.events_apply(event_ids=[event.pk]) == 0  # a repeated task
 
     event.refresh_from_db()
     assert event.applied_at is not None
@@ -76,7 +76,7 @@ def test_a_payment_stored_before_its_checkout_was_applied_still_prevents_the_sen
     store(make_event("e1", "checkout_started", at=minutes_ago(11), cart="c_1"))
     store(make_event("e2", "payment_finished", at=minutes_ago(1), cart="c_1", payment="p_1"))
 
-    assert marketing_services.events_apply_pending() == 2
+    assert services.events_apply_pending() == 2
 
     (send,) = sends()
     assert (send.status, send.reason) == (Status.CANCELLED, "cancelled by payment p_1")
@@ -112,17 +112,19 @@ def test_a_send_two_payments_of_a_batch_exit_is_cancelled_by_the_first():
 
 
 @pytest.fixture
-def failing_receiver():
-    """A receiver that fails on event e1 until the test says it is fixed."""
+def failing_receiver(monkeypatch):
+    """Applying event e1 fails (its enrolment raises, as a template store that does not
+    answer would) until the test says it is fixed."""
     failing = {"e1": True}
+    enrol = EnrolmentPlan.enrol
 
-    def fail(sender: type, events: list[Event], **kwargs: Any) -> None:
-        if any(failing.get(event.event_id) for event in events):
+    def enrol_or_fail(plan: EnrolmentPlan, journey: Journey, event: Event) -> str:
+        if failing.get(event.event_id):
             raise RuntimeError("template store unreachable")
+        return enrol(plan, journey, event)
 
-    events_applying.connect(fail, dispatch_uid="test-failing-receiver", weak=False)
-    yield failing
-    events_applying.disconnect(dispatch_uid="test-failing-receiver")
+    monkeypatch.setattr(EnrolmentPlan, "enrol", enrol_or_fail)
+    return failing
 
 
 def test_an_event_whose_application_fails_keeps_the_error_and_is_retried(failing_receiver):
@@ -132,7 +134,7 @@ def test_an_event_whose_application_fails_keeps_the_error_and_is_retried(failing
     claimed = marketing_services.events_claim_unapplied(limit=10, lease=LEASE)
     assert claimed == [bad.pk, good.pk]
 
-    assert marketing_services.events_apply(event_ids=claimed) == 1  # the other one goes on
+    assert services.events_apply(event_ids=claimed) == 1  # the other one goes on
 
     bad.refresh_from_db()
     assert (bad.applied_at, bad.apply_attempts) == (None, 1)
@@ -144,7 +146,7 @@ def test_an_event_whose_application_fails_keeps_the_error_and_is_retried(failing
     failing_receiver["e1"] = False  # the template store is back
     Event.objects.update(apply_claimed_at=timezone.now() - 2 * LEASE)  # its lease ran out
     assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == [bad.pk]
-    assert marketing_services.events_apply(event_ids=[bad.pk]) == 1
+    assert services.events_apply(event_ids=[bad.pk]) == 1
     bad.refresh_from_db()
     assert bad.applied_at is not None and bad.apply_error == ""
     assert sorted(send.cart.external_id for send in sends()) == ["c_1", "c_2"]
@@ -155,7 +157,7 @@ def test_an_event_that_failed_every_attempt_is_left_with_its_error(settings, fai
     make_journey()
     bad = store(make_event("e1", "checkout_started", at=minutes_ago(1), cart="c_1"))
 
-    assert marketing_services.events_apply(event_ids=[bad.pk]) == 0
+    assert services.events_apply(event_ids=[bad.pk]) == 0
 
     assert marketing_services.events_claim_unapplied(limit=10, lease=LEASE) == []
     bad.refresh_from_db()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 
+from journeys import services as journeys_services
 from journeys.models import Enrollment, ScheduledSend
 from journeys.services import demo_journeys_ensure
 from marketing import services
@@ -103,7 +104,7 @@ def run(apply: Any) -> dict[str, Any]:
 
 def store(rng: random.Random, size: int) -> None:
     for item in validated(random_batch(rng, size)):
-        services._ingest_or_refusal(Event.Source.WEBHOOK, *item)
+        services.event_ingest_outcome(Event.Source.WEBHOOK, *item)
 
 
 @pytest.mark.parametrize("seed", range(25))
@@ -112,12 +113,12 @@ def test_a_chunk_of_events_does_what_its_events_do_one_by_one(seed, settings):
     rng = random.Random(seed)
     journeys()
     store(rng, 15)  # a history: enrolments, pending and cancelled sends
-    services.events_apply_pending()
+    journeys_services.events_apply_pending()
     store(rng, 40)
     ids = list(Event.objects.filter(applied_at__isnull=True).values_list("pk", flat=True))
 
-    together = run(lambda: services.events_apply(event_ids=ids))
-    one_by_one = run(lambda: [services.events_apply(event_ids=[pk]) for pk in sorted(ids)])
+    together = run(lambda: journeys_services.events_apply(event_ids=ids))
+    one_by_one = run(lambda: [journeys_services.events_apply(event_ids=[pk]) for pk in sorted(ids)])
 
     assert together["unapplied"] == one_by_one["unapplied"] == 0
     assert together == one_by_one

@@ -38,6 +38,17 @@ def test_marketer_group_exists_after_migrate_with_its_marketing_permissions():
     assert not any(name.startswith("auth.") for name in codenames(group))
 
 
+def test_marketers_deactivate_journeys_and_cannot_delete_them():
+    """A journey's sends and enrolments are the record of what was promised and sent."""
+    group = Group.objects.get(name="Marketer")
+
+    assert {"journeys.add_journey", "journeys.change_journey", "journeys.view_journey"} <= (
+        codenames(group)
+    )
+    assert "journeys.delete_journey" not in codenames(group)
+    assert "journeys.delete_journeystep" in codenames(group)
+
+
 def test_marketer_group_sync_skips_permissions_whose_model_does_not_exist(monkeypatch):
     monkeypatch.setitem(
         services.MARKETER_PERMISSIONS, "not_an_app", ["view_nothing", "change_nothing"]

@@ -11,11 +11,13 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
+from journeys import services as journeys_services
 from journeys.models import ScheduledSend
 from journeys.services import demo_journeys_ensure
 from marketing import services
 from marketing.api.serializers import EventSerializer
 from marketing.models import Cart, Customer, Event, Payment
+from marketing.services import batch as batch_ingest
 from tests.journeys.test_engine import make_journey
 
 pytestmark = [
@@ -151,7 +153,7 @@ def run(apply: Any) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
     with transaction.atomic():
         outcomes = [outcome_shape(outcome) for outcome in apply()]
         stored = state()
-        services.events_apply_pending()
+        journeys_services.events_apply_pending()
         applied = state()
         stored["events"] = [row[:-1] for row in stored["events"]]  # applied_at: not compared
         applied["events"] = [row[:-1] for row in applied["events"]]
@@ -166,13 +168,13 @@ def test_a_batch_does_what_its_events_do_one_by_one(seed):
     make_journey(slug="per-cart", dedupe="every", exit_scope="cart")  # and per cart
     # a history: customers with carts and pending sends, some events already stored
     for payload in random_batch(rng, 12):
-        services._ingest_or_refusal(Event.Source.WEBHOOK, *validated([payload])[0])
-    services.events_apply_pending()
+        services.event_ingest_outcome(Event.Source.WEBHOOK, *validated([payload])[0])
+    journeys_services.events_apply_pending()
     batch = validated(random_batch(rng, 30))
 
     as_batch = run(lambda: services.events_ingest_batch(source=Event.Source.WEBHOOK, items=batch))
     one_by_one = run(
-        lambda: [services._ingest_or_refusal(Event.Source.WEBHOOK, *item) for item in batch]
+        lambda: [services.event_ingest_outcome(Event.Source.WEBHOOK, *item) for item in batch]
     )
 
     assert as_batch[0] == one_by_one[0]  # the answers
@@ -185,13 +187,13 @@ def test_an_event_stored_by_another_delivery_during_the_batch_falls_back_item_by
 ):
     first = validated([random_event(random.Random(1), "e_race")])[0]
     assert isinstance(
-        services._ingest_or_refusal(Event.Source.WEBHOOK, *first), services.IngestResult
+        services.event_ingest_outcome(Event.Source.WEBHOOK, *first), services.IngestResult
     )
     # the batch's look-up misses it, as if another delivery committed it just after
     monkeypatch.setattr(
-        services,
+        batch_ingest,
         "_BATCH_STORED_SQL",
-        services._BATCH_STORED_SQL.replace("WHERE", "WHERE false AND"),
+        batch_ingest._BATCH_STORED_SQL.replace("WHERE", "WHERE false AND"),
     )
     other = validated([random_event(random.Random(2), "e_new")])[0]
 

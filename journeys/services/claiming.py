@@ -1,0 +1,87 @@
+"""The timer's claims: due sends handed to the workers, and sends whose worker never finished
+handed out again."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from journeys.models import ScheduledSend
+from journeys.sqlnames import sql
+
+Status = ScheduledSend.Status
+
+_CLAIM_SQL = sql("""
+UPDATE {send}
+   SET status = {sending}, claimed_at = now(), updated_at = now(), attempts = attempts + 1
+ WHERE id = ANY(ARRAY(SELECT id FROM {send}
+                       WHERE status = {pending} AND due_at <= now()
+                       ORDER BY due_at
+                       LIMIT %s
+                       FOR UPDATE SKIP LOCKED))
+RETURNING id
+""")
+
+
+def scheduled_sends_claim_due(*, limit: int) -> list[int]:
+    """Move up to `limit` due pending sends to `sending` and return their ids.
+
+    The claim is a compare-and-set: only a row still pending moves, and FOR UPDATE SKIP
+    LOCKED lets any number of tickers on any number of machines claim at once without
+    waiting for or double-claiming each other. On PostgreSQL it is one statement (one round
+    trip, the ids come back with RETURNING); on SQLite (one ticker) the database lock does
+    the same job over two statements. `id = ANY(ARRAY(...))` rather than `id IN (...)`: with
+    IN, the planner may hash-join the claimed ids against a sequential scan of the whole
+    table when few rows are due (tests/journeys/test_query_plans.py).
+    """
+    if connection.vendor == "postgresql":
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_CLAIM_SQL, [limit])
+            return sorted(row[0] for row in cursor.fetchall())
+    with transaction.atomic():
+        ids = list(
+            ScheduledSend.objects.due()
+            .order_by("due_at")
+            .select_for_update(skip_locked=True)
+            .values_list("id", flat=True)[:limit]
+        )
+        if ids:
+            ScheduledSend.objects.filter(pk__in=ids).update(
+                status=Status.SENDING,
+                claimed_at=Now(),
+                updated_at=Now(),
+                attempts=F("attempts") + 1,
+            )
+    return ids
+
+
+def scheduled_sends_recover(*, lease: timedelta, limit: int) -> list[int]:
+    """Hand out again sends claimed longer than `lease` ago whose worker never finished (a
+    lost queue entry, a killed worker); fail those out of attempts. Returns ids to enqueue."""
+    cutoff = timezone.now() - lease
+    with transaction.atomic():
+        stuck = list(
+            ScheduledSend.objects.in_flight_since(cutoff)
+            .order_by("claimed_at")
+            .select_for_update(skip_locked=True)
+            .values_list("id", "attempts")[:limit]
+        )
+        spent = [pk for pk, attempts in stuck if attempts >= settings.NUDGE_SEND_MAX_ATTEMPTS]
+        retry = [pk for pk, attempts in stuck if attempts < settings.NUDGE_SEND_MAX_ATTEMPTS]
+        if spent:
+            ScheduledSend.objects.filter(pk__in=spent).update(
+                status=Status.FAILED,
+                reason=f"failed: no worker finished it in {settings.NUDGE_SEND_MAX_ATTEMPTS} "
+                "attempts",
+                updated_at=Now(),
+            )
+        if retry:
+            ScheduledSend.objects.filter(pk__in=retry).update(
+                claimed_at=Now(), attempts=F("attempts") + 1
+            )
+    return retry

@@ -1,0 +1,24 @@
+"""An event's canonical JSON and its hash: the same content gives the same text and hash,
+however the sender formatted it. The hash tells a repeat from a conflicting reuse of an id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def canonical_json(payload: Any) -> str:
+    """An event's canonical JSON: same content, same text, however it was formatted."""
+    return json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+
+
+def canonical_sha256(payload: Any) -> str:
+    """Hash of an event's canonical JSON: same content, same hash, however it was formatted."""
+    return text_sha256(canonical_json(payload))
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,104 @@
+"""Events for the customers, carts and payments the host application saves through the ORM
+(marketing.receivers calls event_record_host after the host's transaction commits).
+
+The payload has the webhook's shape, built from the same column definitions the webhook's
+statements store (profiles.py, purchases.py), and it is recorded through event_record, like a
+webhook's body: journeys cannot tell the two sources apart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+
+from marketing.models import Cart, Customer, Event, EventType, Payment
+from marketing.services.ingest import event_record
+from marketing.services.outcomes import EventConflict, IngestResult
+from marketing.services.profiles import CUSTOMER_PROFILE
+from marketing.services.purchases import CART_STATE, PAYMENT_RECORD
+
+# Which event a newly saved host object stands for.
+HOST_EVENT_FOR_MODEL: dict[type, str] = {
+    Customer: EventType.USER_REGISTERED,
+    Cart: EventType.CHECKOUT_STARTED,
+    Payment: EventType.PAYMENT_FINISHED,
+}
+
+
+def event_record_host(
+    *, event_type: str, customer_id: int, cart_id: int | None = None, payment_id: int | None = None
+) -> IngestResult:
+    """Record the event for a customer, cart or payment the host application saved.
+
+    Idempotent: one event per (type, object), whatever the object looks like by then.
+    """
+    with transaction.atomic():
+        customer = Customer.objects.select_for_update().get(pk=customer_id)
+        cart = Cart.objects.get(pk=cart_id) if cart_id else None
+        payment = Payment.objects.select_related("cart").get(pk=payment_id) if payment_id else None
+        subject = payment or cart or customer
+        event_id = f"{type(subject).__name__.lower()}:{subject.external_id}:{event_type}"
+        existing = Event.objects.filter(source=Event.Source.HOST, event_id=event_id).first()
+        if existing is not None:
+            return IngestResult(event=existing, created=False)
+        payload = host_event_payload(
+            event_id=event_id,
+            event_type=event_type,
+            occurred_at=subject.created_at,
+            customer=customer,
+            cart=cart,
+            payment=payment,
+        )
+        try:
+            return event_record(source=Event.Source.HOST, payload=payload)
+        except EventConflict as exc:  # recorded concurrently, from an object since changed
+            return IngestResult(event=exc.event, created=False)
+
+
+def host_event_payload(
+    *,
+    event_id: str,
+    event_type: str,
+    occurred_at: datetime,
+    customer: Customer,
+    cart: Cart | None,
+    payment: Payment | None,
+) -> dict[str, Any]:
+    """The webhook body that says what the host saved."""
+    user: dict[str, Any] = {"id": customer.external_id}
+    for c in CUSTOMER_PROFILE:
+        c.place(user, getattr(customer, c.name))
+    payload: dict[str, Any] = {
+        "id": event_id,
+        "type": event_type,
+        "occurred_at": occurred_at.isoformat().replace("+00:00", "Z"),
+        "user": user,
+    }
+    if cart is not None:
+        payload["cart"] = {"id": cart.external_id}
+        for c in CART_STATE:
+            c.place(payload["cart"], getattr(cart, c.name))
+    if payment is not None:
+        payload["payment"] = {
+            "id": payment.external_id,
+            "cart_id": payment.cart.external_id if payment.cart else None,
+        }
+        for c in PAYMENT_RECORD:
+            c.place(payload["payment"], getattr(payment, c.name))
+    return payload
+
+
+def host_event_record(*, payload: dict[str, Any]) -> IngestResult:
+    """Record an event built from the save of a host model of NUDGE_HOST_EVENTS
+    (marketing.host_sources), with source "host": validated and stored as a webhook body is
+    (event_record; EventInvalid when it is not valid). Idempotent by its id: an event already
+    recorded is returned (created=False) whatever the payload says now."""
+    existing = Event.objects.filter(source=Event.Source.HOST, event_id=payload["id"]).first()
+    if existing is not None:
+        return IngestResult(event=existing, created=False)
+    try:
+        return event_record(source=Event.Source.HOST, payload=payload)
+    except EventConflict as exc:  # a concurrent save recorded it first
+        return IngestResult(event=exc.event, created=False)
