@@ -21,7 +21,7 @@ install: $(STAMP)
 run: install .env
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py nudge_demo
-	PATH="$(CURDIR)/$(BIN):$$PATH" exec honcho start --procfile Procfile --port $(PORT)
+	PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/python scripts/start.py --procfile Procfile --port $(PORT)
 
 test: install
 	scripts/services.sh $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -17,8 +17,12 @@ from nudge.conf import DEFAULTS
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-if (BASE_DIR / ".env").is_file():
-    environ.Env.read_env(BASE_DIR / ".env")
+# A variable set in the environment wins over `.env`: read_env fills in only what is unset.
+# scripts/start.py does the same for every process `make run` starts (honcho reads no env
+# file there). NUDGE_ENV_FILE names another file than `.env`.
+env_file = Path(os.environ.get("NUDGE_ENV_FILE") or BASE_DIR / ".env")
+if env_file.is_file():
+    environ.Env.read_env(env_file, overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env(

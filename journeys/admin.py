@@ -4,12 +4,16 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import URLPattern, path, reverse
 from django.utils.functional import cached_property
+from django.views.decorators.http import require_POST
 
 from journeys import selectors, services
-from journeys.models import Journey, JourneyStep, ScheduledSend
+from journeys.models import Enrollment, Journey, JourneyStep, ScheduledSend
 from journeys.specs import event_type_problem, step_problems
 from nudge.admin import LargeTableAdmin
 
@@ -103,8 +107,28 @@ class JourneyStepInline(admin.StackedInline):
     ]
 
 
+def _with_records(journeys: QuerySet[Journey]) -> QuerySet[Journey]:
+    """The journeys that have enrolments or sends: the record of what was promised and sent,
+    which PROTECT keeps (one index probe per journey: both indexes lead with the journey)."""
+    return journeys.filter(
+        Exists(Enrollment.objects.filter(journey=OuterRef("pk")))
+        | Exists(ScheduledSend.objects.filter(journey=OuterRef("pk")))
+    )
+
+
+UNDELETABLE = (
+    "“{journey}” has enrolments and sends, the record of what was promised and sent, so it "
+    "cannot be deleted. Deactivate it instead: it enrols no one, and its pending sends are "
+    "cancelled as they come due (“cancelled: journey deactivated”)."
+)
+
+
 @admin.register(Journey)
 class JourneyAdmin(admin.ModelAdmin):
+    """Marketers deactivate journeys; they do not delete them. The delete permission is
+    withheld from a journey with enrolments or sends, for superusers too, and the change page
+    and the list offer deactivation instead."""
+
     form = JourneyForm
     inlines = [JourneyStepInline]
     list_display = ["name", "slug", "trigger", "exit_list", "dedupe", "reentry", "active"]
@@ -116,6 +140,9 @@ class JourneyAdmin(admin.ModelAdmin):
         ("When", {"fields": ["trigger", "exit_on", "exit_scope", "max_lateness"]}),
         ("Repeats", {"fields": ["dedupe", "max_wait", "reentry", "reentry_period"]}),
     ]
+    actions = ["deactivate_journeys"]
+    # named here, not found by app label: the Deactivate button does not depend on the label
+    change_form_template = "admin/journeys/journey/change_form.html"
 
     @admin.display(description="exit on")
     def exit_list(self, journey: Journey) -> str:
@@ -125,6 +152,95 @@ class JourneyAdmin(admin.ModelAdmin):
         removed = [f.instance.pk for f in formset.deleted_forms if f.instance.pk]
         services.scheduled_send_cancel_for_steps(step_ids=removed)
         super().save_formset(request, form, formset, change)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if not super().has_delete_permission(request, obj):
+            return False
+        return obj is None or not _with_records(Journey.objects.filter(pk=obj.pk)).exists()
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        """Refuse, naming each journey with records, before the collector gathers (and the
+        page lists) every protected enrolment and send: a journey may have millions."""
+        ids = [journey.pk for journey in objs]
+        kept = list(_with_records(Journey.objects.filter(pk__in=ids)))
+        if kept:
+            return [], {}, set(), [UNDELETABLE.format(journey=journey) for journey in kept]
+        return super().get_deleted_objects(objs, request)
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        journey = self.get_object(request, unquote(object_id))
+        if (
+            journey is not None
+            and self.has_view_or_change_permission(request, journey)
+            and _with_records(Journey.objects.filter(pk=journey.pk)).exists()
+        ):
+            self.message_user(request, UNDELETABLE.format(journey=journey), messages.ERROR)
+            return HttpResponseRedirect(self._change_url(journey))
+        return super().delete_view(request, object_id, extra_context)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        journey = self.get_object(request, unquote(object_id))
+        if journey is not None and journey.active and self.has_change_permission(request, journey):
+            extra_context = {
+                **(extra_context or {}),
+                "deactivate_url": reverse(
+                    f"admin:{self.opts.app_label}_{self.opts.model_name}_deactivate",
+                    args=[journey.pk],
+                ),
+                "undeletable": not self.has_delete_permission(request, journey),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_urls(self) -> list[URLPattern]:
+        deactivate = path(
+            "<path:object_id>/deactivate/",
+            self.admin_site.admin_view(require_POST(self.deactivate_view)),
+            name=f"{self.opts.app_label}_{self.opts.model_name}_deactivate",
+        )
+        return [deactivate, *super().get_urls()]  # before the catch-all "<object_id>/"
+
+    def deactivate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The change page's Deactivate button (it posts the change form here, and only the
+        journey's id is read)."""
+        journey = self.get_object(request, unquote(object_id))
+        if journey is None or not self.has_change_permission(request, journey):
+            raise PermissionDenied
+        self._deactivate(Journey.objects.filter(pk=journey.pk))
+        self.message_user(
+            request,
+            f"“{journey}” is deactivated: it enrols no one, and its pending sends are cancelled "
+            "as they come due (“cancelled: journey deactivated”). Tick Active to switch it on "
+            "again.",
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(self._change_url(journey))
+
+    @admin.action(description="Deactivate selected journeys", permissions=["change"])
+    def deactivate_journeys(self, request: HttpRequest, queryset: QuerySet[Journey]) -> None:
+        deactivated = self._deactivate(queryset)
+        self.message_user(
+            request,
+            f"Deactivated {deactivated} journey(s): they enrol no one, and their pending sends "
+            "are cancelled as they come due.",
+            messages.SUCCESS,
+        )
+
+    @staticmethod
+    def _deactivate(journeys: QuerySet[Journey]) -> int:
+        return services.journeys_deactivate(journey_ids=list(journeys.values_list("pk", flat=True)))
+
+    def _change_url(self, journey: Journey) -> str:
+        return reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[journey.pk]
+        )
 
 
 @admin.register(ScheduledSend)

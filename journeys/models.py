@@ -98,13 +98,16 @@ class JourneyStep(models.Model):
 
 
 class Enrollment(models.Model):
-    """A customer entering a journey because of one trigger event (re-entry is counted here)."""
+    """A customer entering a journey because of one trigger event (re-entry is counted here).
+
+    Kept as long as the journey and the customer are: both are PROTECTed, like the sends.
+    """
 
     # indexed by enrollment_lookup, which leads with it
     journey = models.ForeignKey(
-        Journey, on_delete=models.CASCADE, related_name="enrollments", db_index=False
+        Journey, on_delete=models.PROTECT, related_name="enrollments", db_index=False
     )
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="enrollments")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="enrollments")
     cart = models.ForeignKey(Cart, on_delete=models.SET_NULL, null=True, blank=True)
     trigger_event = models.ForeignKey(Event, on_delete=models.SET_NULL, null=True, blank=True)
     trigger_occurred_at = models.DateTimeField()
@@ -141,14 +144,18 @@ class ScheduledSend(models.Model):
 
     ACTIVE = (Status.PENDING, Status.SENDING)
 
-    enrollment = models.ForeignKey(Enrollment, on_delete=models.CASCADE, related_name="sends")
+    # PROTECT towards the journey, its enrolment and the customer: deleting any of them must
+    # not erase the record of what was promised or sent (deactivate a journey instead). A
+    # step may go: journeys-as-code and the admin cancel its sends first, and the send keeps
+    # step_position and its rendered message.
+    enrollment = models.ForeignKey(Enrollment, on_delete=models.PROTECT, related_name="sends")
     # indexed by send_journey_status, which leads with it
     journey = models.ForeignKey(
-        Journey, on_delete=models.CASCADE, related_name="sends", db_index=False
+        Journey, on_delete=models.PROTECT, related_name="sends", db_index=False
     )
     step = models.ForeignKey(JourneyStep, on_delete=models.SET_NULL, null=True, blank=True)
     step_position = models.PositiveSmallIntegerField()
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="sends")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="sends")
     cart = models.ForeignKey(Cart, on_delete=models.SET_NULL, null=True, blank=True)
     channel = models.CharField(max_length=8, choices=Channel.choices)
     trigger_occurred_at = models.DateTimeField()

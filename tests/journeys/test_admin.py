@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
+from django.db.models import ProtectedError
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from journeys import selectors
-from journeys.models import Journey, ScheduledSend
+from journeys.models import Journey, JourneyStep, ScheduledSend
 from marketing import selectors as marketing_selectors
-from marketing.models import EventType
-from tests.journeys.conftest import ingest, make_event, minutes_ago
+from marketing.models import Customer, EventType
+from marketing.services import marketer_user_ensure
+from tests.journeys.conftest import dispatch_due, ingest, make_event, minutes_ago
 
 pytestmark = pytest.mark.django_db
 
@@ -125,3 +129,156 @@ def test_sends_list_filters_searches_and_cancels(admin_client_logged_in, demo_jo
     assert set(ScheduledSend.objects.values_list("reason", flat=True)) == {
         "cancelled by root in admin"
     }
+
+
+# --- sends outlive their journey ----------------------------------------------------------
+
+
+@pytest.fixture
+def marketer_client(client):
+    marketer_user_ensure(username="marketer", password="m" * 12)
+    client.login(username="marketer", password="m" * 12)
+    return client
+
+
+def sends_api() -> APIClient:
+    """/api/sends/ as tests/journeys/test_sends_api.py reads it: a token with the view
+    permission."""
+    user, _ = User.objects.get_or_create(username="ops")
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="journeys", codename="view_scheduledsend")
+    )
+    token, _ = Token.objects.get_or_create(user=user)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return api
+
+
+def journey_with_sends() -> tuple[Journey, set[int]]:
+    ingest(make_event("e1", "user_registered", user="ana", at=minutes_ago(5)))
+    journey = Journey.objects.get(slug="welcome-email")
+    return journey, set(journey.sends.values_list("pk", flat=True))
+
+
+def assert_journey_and_its_records_survive(journey: Journey, send_ids: set[int]) -> None:
+    assert Journey.objects.filter(pk=journey.pk).exists()
+    assert set(journey.sends.values_list("pk", flat=True)) == send_ids
+    assert journey.enrollments.count() == 1
+    listed = sends_api().get("/api/sends/", {"journey": journey.slug}).json()
+    assert {item["id"] for item in listed["results"]} == send_ids
+
+
+@pytest.mark.parametrize("who", ["superuser", "marketer"])
+def test_a_journey_with_sends_cannot_be_deleted_and_its_sends_stay_listed(
+    who, demo_journeys, request
+):
+    client = request.getfixturevalue(
+        "admin_client_logged_in" if who == "superuser" else "marketer_client"
+    )
+    journey, send_ids = journey_with_sends()
+    assert send_ids
+    delete_url = f"/admin/journeys/journey/{journey.pk}/delete/"
+
+    change_page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert delete_url not in change_page  # no Delete link
+    assert 'value="Deactivate"' in change_page
+    assert "so it cannot be deleted" in change_page
+
+    for response in (
+        client.get(delete_url, follow=True),
+        client.post(delete_url, {"post": "yes"}, follow=True),
+    ):
+        assert response.status_code == 200
+        assert response.redirect_chain[-1][0] == f"/admin/journeys/journey/{journey.pk}/change/"
+        page = response.content.decode()
+        assert "“Welcome email” has enrolments and sends" in page
+        assert "so it cannot be deleted. Deactivate it instead" in page
+    assert_journey_and_its_records_survive(journey, send_ids)
+
+    # the list's bulk delete (the marketer may not be offered it at all)
+    response = client.post(
+        "/admin/journeys/journey/",
+        {"action": "delete_selected", "_selected_action": [str(journey.pk)], "post": "yes"},
+        follow=True,
+    )
+    assert response.status_code == 200
+    if who == "superuser":
+        page = response.content.decode()
+        assert "Cannot delete journey" in page
+        assert "“Welcome email” has enrolments and sends" in page
+    assert_journey_and_its_records_survive(journey, send_ids)
+
+
+def test_protect_refuses_the_delete_below_the_admin_too(demo_journeys):
+    journey, send_ids = journey_with_sends()
+
+    with pytest.raises(ProtectedError):
+        journey.delete()
+    with pytest.raises(ProtectedError):
+        journey.enrollments.get().delete()
+    with pytest.raises(ProtectedError):
+        Customer.objects.get(external_id="ana").delete()
+    assert_journey_and_its_records_survive(journey, send_ids)
+
+
+def test_the_deactivate_action_switches_journeys_off_and_dispatch_cancels_their_sends(
+    marketer_client, demo_journeys
+):
+    journey, send_ids = journey_with_sends()
+    other = Journey.objects.get(slug="signup-no-purchase-sms")
+
+    response = marketer_client.post(
+        "/admin/journeys/journey/",
+        {"action": "deactivate_journeys", "_selected_action": [str(journey.pk)]},
+        follow=True,
+    )
+
+    assert "Deactivated 1 journey(s)" in response.content.decode()
+    journey.refresh_from_db()
+    other.refresh_from_db()
+    assert (journey.active, other.active) == (False, True)
+    # nothing is cancelled at once: the dispatcher does it as the sends come due
+    assert set(journey.sends.values_list("status", flat=True)) == {"pending"}
+    journey.sends.update(due_at=minutes_ago(1))
+    dispatch_due()
+    assert set(journey.sends.values_list("status", "reason")) == {
+        ("cancelled", "cancelled: journey deactivated")
+    }
+    assert_journey_and_its_records_survive(journey, send_ids)
+
+
+def test_the_deactivate_button_of_the_change_page(marketer_client, demo_journeys):
+    journey, _ = journey_with_sends()
+    deactivate_url = f"/admin/journeys/journey/{journey.pk}/deactivate/"
+    assert f'formaction="{deactivate_url}"' in (
+        marketer_client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    )
+
+    assert marketer_client.get(deactivate_url).status_code == 405
+    response = marketer_client.post(deactivate_url, journey_form(), follow=True)
+
+    assert response.redirect_chain[-1][0] == f"/admin/journeys/journey/{journey.pk}/change/"
+    page = response.content.decode()
+    assert "“Welcome email” is deactivated" in page
+    assert 'value="Deactivate"' not in page  # already off
+    journey.refresh_from_db()
+    assert not journey.active
+    assert journey.name == "Welcome email"  # the posted form is not saved
+
+
+def test_a_superuser_can_still_delete_a_journey_without_sends(admin_client_logged_in):
+    admin_client_logged_in.post("/admin/journeys/journey/add/", journey_form())
+    journey = Journey.objects.get(slug="winback")
+    delete_url = f"/admin/journeys/journey/{journey.pk}/delete/"
+    assert delete_url in (
+        admin_client_logged_in.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    )
+
+    confirm = admin_client_logged_in.get(delete_url)
+    assert confirm.status_code == 200
+    assert "Are you sure you want to delete the journey" in confirm.content.decode()
+    response = admin_client_logged_in.post(delete_url, {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not Journey.objects.filter(slug="winback").exists()
+    assert not JourneyStep.objects.exists()

@@ -82,3 +82,46 @@ def test_marketer_filters_sends_and_cancels_one_with_a_reason(demo_site, browser
     )
     ben.refresh_from_db()
     assert (ben.status, ben.reason) == ("cancelled", "cancelled by marketer in admin")
+
+
+def test_marketer_deactivates_a_journey_with_sends_where_delete_was(
+    demo_site, browser_page, tmp_path
+):
+    page = browser_page
+    log_in(page, demo_site)
+    assert page.inner_text("#site-name") == "Nudge"
+    welcome = Journey.objects.get(slug="welcome-email")
+    sms = Journey.objects.get(slug="signup-no-purchase-sms")
+    send_ids = set(welcome.sends.values_list("pk", flat=True))
+    assert send_ids  # the demo customers were enrolled
+
+    page.goto(f"{demo_site}/admin/journeys/journey/{welcome.pk}/change/")
+    page.wait_for_selector("#deactivate-row")
+    assert page.locator("a.deletelink").count() == 0
+    assert "cannot be deleted" in page.inner_text("#deactivate-row")
+    page.screenshot(
+        path=f"{os.environ.get('NUDGE_SCREENSHOTS', tmp_path)}/journey-deactivate.png",
+        full_page=True,
+    )
+    page.click("#deactivate-row input[name=_deactivate]")
+    page.wait_for_selector(".messagelist")
+    assert "“Welcome email” is deactivated" in page.inner_text(".messagelist")
+    assert not page.is_checked("#id_active")
+
+    page.goto(f"{demo_site}/admin/journeys/journey/{welcome.pk}/delete/")
+    page.wait_for_selector(".messagelist")
+    assert "so it cannot be deleted" in page.inner_text(".messagelist")
+
+    page.goto(f"{demo_site}/admin/journeys/journey/")
+    page.wait_for_selector("#result_list")
+    page.check(f"input[name=_selected_action][value='{sms.pk}']")
+    page.select_option("select[name=action]", "deactivate_journeys")
+    page.click("button[name=index]")
+    page.wait_for_selector(".messagelist")
+    assert "Deactivated 1 journey(s)" in page.inner_text(".messagelist")
+
+    assert set(Journey.objects.filter(active=False).values_list("slug", flat=True)) == {
+        "welcome-email",
+        "signup-no-purchase-sms",
+    }
+    assert set(welcome.sends.values_list("pk", flat=True)) == send_ids

@@ -92,3 +92,42 @@ def test_demo_without_a_password_keeps_the_existing_one(
 
     assert User.objects.get(username="marketer").check_password("first-demo-password")
     assert "unchanged" in out
+
+
+def test_a_rerun_leaves_a_marketers_edits_and_reset_restores_the_data_as_shipped(
+    django_capture_on_commit_callbacks,
+):
+    out = run_demo(django_capture_on_commit_callbacks)
+    assert "Demo data: created 3 customers, 2 carts, 1 payment, and their events." in out
+    first = snapshot()
+    # what a marketer may do in the admin: correct contact details and consent
+    Customer.objects.filter(external_id="demo_u_ben").update(
+        email="ben@shop.example", consent_sms=False
+    )
+    Cart.objects.filter(external_id="demo_c_ben").update(total="99.00")
+
+    out = run_demo(django_capture_on_commit_callbacks)
+
+    assert "Demo data: already there, left as it is (use --reset" in out
+    ben = Customer.objects.get(external_id="demo_u_ben")
+    assert (ben.email, ben.consent_sms) == ("ben@shop.example", False)
+    assert str(Cart.objects.get(external_id="demo_c_ben").total) == "99.00"
+    assert snapshot() == first
+
+    out = run_demo(django_capture_on_commit_callbacks, reset=True)
+
+    assert "Demo data: restored as shipped: 3 customers, 2 carts, 1 payment" in out
+    ben.refresh_from_db()
+    assert (ben.email, ben.consent_sms) == ("ben@example.com", True)
+    assert str(Cart.objects.get(external_id="demo_c_ben").total) == "45.50"
+    assert snapshot() == first  # no new object, no new event
+
+
+def test_the_demo_creates_only_the_objects_that_are_missing(django_capture_on_commit_callbacks):
+    Customer.objects.create(external_id="demo_u_ana", first_name="Ana (the shop's own)")
+
+    out = run_demo(django_capture_on_commit_callbacks)
+
+    assert "Demo data: created 5 missing object(s); the rest is already there" in out
+    assert Customer.objects.get(external_id="demo_u_ana").first_name == "Ana (the shop's own)"
+    assert snapshot()[:3] == (["demo_u_ana", "demo_u_ben", "demo_u_chloe"], 2, 1)
