@@ -174,6 +174,9 @@ NUDGE_BATCH_MAX_BYTES = env.int("NUDGE_BATCH_MAX_BYTES", default=DEFAULTS["NUDGE
 NUDGE_BATCH_MAX_EVENTS = env.int(
     "NUDGE_BATCH_MAX_EVENTS", default=DEFAULTS["NUDGE_BATCH_MAX_EVENTS"]
 )
+# Host models as event sources (README, "Events from your own models"); the standalone site's
+# only models are Nudge's own, which are sources already.
+NUDGE_HOST_EVENTS = list(DEFAULTS["NUDGE_HOST_EVENTS"])
 
 # --- Task queue (django-q2) -----------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

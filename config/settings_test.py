@@ -11,3 +11,6 @@ STORAGES = {
     **STORAGES,  # noqa: F405
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# A host project's own models (tests/hostapp), for host models as event sources. Their sources
+# (NUDGE_HOST_EVENTS) are set by the tests that use them: other tests create users too.
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.hostapp"]  # noqa: F405

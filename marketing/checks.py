@@ -5,7 +5,10 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
+from marketing import host_sources
 from marketing.webhooks import decode_secret
+
+register()(host_sources.host_sources_check)
 
 
 @register()

@@ -1,15 +1,17 @@
 """Thin adapters: a customer, cart or payment the host saves becomes the same event a webhook
-would have delivered, recorded after the host's transaction commits."""
+would have delivered, recorded after the host's transaction commits; so do the host's own
+models named in NUDGE_HOST_EVENTS (marketing.host_sources)."""
 
 from __future__ import annotations
 
 from functools import partial
 from typing import Any
 
+from django.core.signals import setting_changed
 from django.db import transaction
 from django.db.models.signals import post_migrate, post_save
 
-from marketing import services
+from marketing import host_sources, services
 from marketing.models import Cart, Customer, Payment
 
 
@@ -24,8 +26,13 @@ def record_host_event(
         ids = {"customer_id": instance.customer_id, "cart_id": instance.pk}
     elif isinstance(instance, Payment):
         ids = {"customer_id": instance.customer_id, "payment_id": instance.pk}
+    # robust: the host's data is committed; an event its values cannot make valid (see
+    # services.event_record) is logged by Django, never raised into the host's request
     transaction.on_commit(
-        partial(services.event_record_host, event_type=services.HOST_EVENT_FOR_MODEL[sender], **ids)
+        partial(
+            services.event_record_host, event_type=services.HOST_EVENT_FOR_MODEL[sender], **ids
+        ),
+        robust=True,
     )
 
 
@@ -40,3 +47,5 @@ def connect() -> None:
             record_host_event, sender=model, dispatch_uid=f"nudge-host-event-{model.__name__}"
         )
     post_migrate.connect(sync_marketer_group, dispatch_uid="nudge-marketer-group")
+    host_sources.connect()
+    setting_changed.connect(host_sources.settings_changed, dispatch_uid="nudge-host-sources")
