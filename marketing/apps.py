@@ -1,13 +1,11 @@
-from django.apps import AppConfig
-
+from nudge import appconfig  # the module, not the class: see nudge.appconfig
 from nudge.conf import defaults_apply
 
 # Before any model or service reads a setting: the host project sets only what it changes.
 defaults_apply()
 
 
-class MarketingConfig(AppConfig):
-    default_auto_field = "django.db.models.BigAutoField"
+class MarketingConfig(appconfig.NudgeAppConfig):
     name = "marketing"
     verbose_name = "Marketing data"
 

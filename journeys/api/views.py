@@ -18,6 +18,7 @@ from journeys.api.serializers import (
     ScheduledSendSerializer,
 )
 from journeys.models import ScheduledSend
+from nudge.api import Pagination
 
 
 class HasPermission(BasePermission):
@@ -39,6 +40,7 @@ class CanChangeSends(HasPermission):
 
 class ScheduledSendListView(GenericAPIView):
     permission_classes = [IsAuthenticated, CanViewSends]
+    pagination_class = Pagination
     serializer_class = ScheduledSendSerializer
 
     @extend_schema(

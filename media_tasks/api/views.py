@@ -8,6 +8,7 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.parsers import MultiPartParser
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -22,6 +23,8 @@ MULTIPART_OVERHEAD = 64 * 1024
 
 
 class ImageUploadView(APIView):
+    # Named here, not left to DEFAULT_PERMISSION_CLASSES: DRF's default is AllowAny.
+    permission_classes = [IsAuthenticated]
     parser_classes = [MultiPartParser]
 
     @extend_schema(
@@ -56,6 +59,8 @@ class ImageUploadView(APIView):
 
 
 class ImageDetailView(APIView):
+    permission_classes = [IsAuthenticated]
+
     @extend_schema(responses={200: UploadedImageSerializer}, summary="An image and its variants.")
     def get(self, request: Request, pk: int) -> Response:
         image = get_object_or_404(
