@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import environ
 
@@ -269,12 +270,39 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
+# --- Email ----------------------------------------------------------------------------------
+# EMAIL_URL in django-environ's syntax picks one of Django's backends: smtp://user:pass@host:587,
+# smtp+tls://... (STARTTLS), smtp+ssl://... (implicit TLS), consolemail:// (the default: each
+# email is printed by the messaging worker), filemail:///dir, memorymail://, dummymail://.
+# EMAIL_BACKEND in the environment wins and may name any backend (django-anymail's ESPs).
+_email_url = env.str("EMAIL_URL", default="consolemail://")
+_email = environ.Env.email_url_config(_email_url)
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default=_email["EMAIL_BACKEND"])
+EMAIL_HOST = _email["EMAIL_HOST"] or "localhost"
+EMAIL_USE_TLS = _email.get("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = _email.get("EMAIL_USE_SSL", False)
+EMAIL_PORT = _email["EMAIL_PORT"] or (465 if EMAIL_USE_SSL else 587 if EMAIL_USE_TLS else 25)
+EMAIL_HOST_USER = _email["EMAIL_HOST_USER"] or ""
+EMAIL_HOST_PASSWORD = _email["EMAIL_HOST_PASSWORD"] or ""
+if EMAIL_BACKEND == "django.core.mail.backends.filebased.EmailBackend":
+    # filemail:///var/mail/nudge is an absolute directory (django-environ drops its first /).
+    EMAIL_FILE_PATH = urlparse(_email_url).path or str(BASE_DIR / "sent-emails")
+# Seconds an SMTP connect or reply may take (Django's default waits for ever); a mail server
+# that does not answer fails the chunk's remaining emails, which are retried.
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
+NUDGE_EMAIL_FROM = env.str("NUDGE_EMAIL_FROM", default=DEFAULTS["NUDGE_EMAIL_FROM"])
+
 # --- Journeys -------------------------------------------------------------------------------
-# Channel backends by name; "journeys.channels.OutboxChannel" records messages on the row only.
+# Channel backends by name: "journeys.channels.email.EmailChannel" sends through EMAIL_BACKEND;
+# "journeys.channels.OutboxChannel" records messages on the row only.
 NUDGE_CHANNELS = {
     "email": env.str("NUDGE_EMAIL_CHANNEL", default=DEFAULTS["NUDGE_CHANNELS"]["email"]),
     "sms": env.str("NUDGE_SMS_CHANNEL", default=DEFAULTS["NUDGE_CHANNELS"]["sms"]),
 }
+# Where SMS go: console: (the messaging worker's output), file:///dir, twilio://…, https://…
+# (see journeys.channels.sms and the README); the generic https backend signs with the secret.
+NUDGE_SMS_URL = env.str("NUDGE_SMS_URL", default=DEFAULTS["NUDGE_SMS_URL"])
+NUDGE_SMS_HTTP_SECRET = env.str("NUDGE_SMS_HTTP_SECRET", default=DEFAULTS["NUDGE_SMS_HTTP_SECRET"])
 # Event types a journey may use besides the built-in ones and those already received.
 NUDGE_EXTRA_EVENT_TYPES = env.list(
     "NUDGE_EXTRA_EVENT_TYPES", default=DEFAULTS["NUDGE_EXTRA_EVENT_TYPES"]

@@ -14,3 +14,6 @@ STORAGES = {
 # A host project's own models (tests/hostapp), for host models as event sources. Their sources
 # (NUDGE_HOST_EVENTS) are set by the tests that use them: other tests create users too.
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.hostapp"]  # noqa: F405
+# Emails stay in django.core.mail.outbox (as Django's test runner does), also in the worker
+# processes some tests start; the SMTP tests name their own backend.
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

@@ -9,6 +9,6 @@ class JourneysConfig(appconfig.NudgeAppConfig):
     name = "journeys"
 
     def ready(self) -> None:
-        from journeys import receivers
+        from journeys import checks, receivers  # noqa: F401 (checks registers itself)
 
         receivers.connect()

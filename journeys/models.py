@@ -173,6 +173,8 @@ class ScheduledSend(models.Model):
     recipient = models.CharField(max_length=254, blank=True)
     subject = models.CharField(max_length=300, blank=True)
     body = models.TextField(blank=True)
+    # SMS only: how many segments the rendered body takes (GSM-7 or UCS-2), what the provider bills
+    segments = models.PositiveSmallIntegerField(null=True, blank=True)
     provider_message_id = models.CharField(max_length=200, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=now, editable=False)

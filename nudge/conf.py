@@ -28,9 +28,15 @@ DEFAULTS: dict[str, Any] = {
     "NUDGE_BATCH_MAX_EVENTS": 1000,
     # --- journeys
     "NUDGE_CHANNELS": {
-        "email": "journeys.channels.OutboxChannel",
-        "sms": "journeys.channels.OutboxChannel",
+        "email": "journeys.channels.email.EmailChannel",
+        "sms": "journeys.channels.sms.SmsChannel",
     },
+    # Where SMS go (journeys.channels.sms): console:, file:///dir, twilio://SID:TOKEN@host?from=…,
+    # or an http(s) URL speaking the generic JSON protocol, signed with NUDGE_SMS_HTTP_SECRET.
+    "NUDGE_SMS_URL": "console:",
+    "NUDGE_SMS_HTTP_SECRET": "",
+    # The From of every email (the Message-ID's domain is its domain).
+    "NUDGE_EMAIL_FROM": "Nudge <nudge@localhost>",
     "NUDGE_EXTRA_EVENT_TYPES": [],
     "NUDGE_TICK_SECONDS": 0.2,
     "NUDGE_CLAIM_BATCH": 500,

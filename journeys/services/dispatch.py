@@ -14,7 +14,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from journeys import selectors
-from journeys.channels import ChannelError, OutgoingMessage, get_channel
+from journeys.channels import ChannelError, OutgoingMessage, channels_batch, get_channel
+from journeys.channels.sms import phone_normalise, sms_segments
 from journeys.durations import humanize
 from journeys.models import ScheduledSend
 from journeys.rendering import render
@@ -62,9 +63,13 @@ def scheduled_sends_dispatch(*, send_ids: list[int]) -> dict[int, str]:
     and is seen here, or waits until the chunk is recorded. The outcomes are written with
     one UPDATE. Returns the new status of each id; ids not ours to send (already handled by
     another delivery of the same task) are left out.
+
+    The channels' batch scopes (channels_batch) enclose the transaction: a chunk's emails
+    share one SMTP connection, opened at its first email, and its QUIT comes after the
+    commit, with no row lock held.
     """
     outcome: dict[int, str] = {}
-    with transaction.atomic():
+    with channels_batch(settings.NUDGE_CHANNELS), transaction.atomic():
         sends = _sends_lock(send_ids)
         if not sends:
             return outcome
@@ -202,7 +207,11 @@ def _reason_not_to_send(
     customer = send.customer
     if not customer.has_consent(send.channel):
         return Status.SKIPPED, f"opted out of {send.get_channel_display()}"
-    if not _recipient(send):
+    try:
+        recipient = _recipient(send)
+    except ValueError as exc:  # never sent, never retried: the number will not become valid
+        return Status.SKIPPED, f"invalid phone number: {exc}"[:500]
+    if not recipient:
         missing = "email address" if send.channel == Channel.EMAIL else "phone number"
         return Status.SKIPPED, f"no {missing}"
     late = now - send.due_at
@@ -212,7 +221,11 @@ def _reason_not_to_send(
 
 
 def _recipient(send: ScheduledSend) -> str:
-    return send.customer.email if send.channel == Channel.EMAIL else send.customer.phone
+    """The address to send to; an SMS number in E.164 (ValueError when it is not valid)."""
+    if send.channel == Channel.EMAIL:
+        return send.customer.email
+    phone = send.customer.phone
+    return phone_normalise(phone) if phone else ""
 
 
 def _message_context(send: ScheduledSend, now: datetime) -> dict[str, Any]:
@@ -276,6 +289,8 @@ def _dispatch_locked(send: ScheduledSend, now: datetime, exit_event: Event | Non
     send.recipient = _recipient(send)
     send.subject = render(send.step.subject, context) if send.step.subject else ""
     send.body = render(send.step.body, context)
+    if send.channel == Channel.SMS:
+        send.segments = sms_segments(send.body)
     if context["discount"]:
         send.discount_expires_at = context["discount"]["expires_at"]
     message = OutgoingMessage(
@@ -308,6 +323,7 @@ _DISPATCH_FIELDS = [
     "claimed_at",
     "sent_at",
     "updated_at",
+    "segments",
 ]
 
 _OUTCOMES_SQL = sql("""
@@ -315,12 +331,12 @@ UPDATE {send} AS s
    SET status = v.status, reason = v.reason, recipient = v.recipient, subject = v.subject,
        body = v.body, discount_expires_at = v.discount_expires_at,
        provider_message_id = v.provider_message_id, claimed_at = v.claimed_at,
-       sent_at = v.sent_at, updated_at = v.updated_at
+       sent_at = v.sent_at, updated_at = v.updated_at, segments = v.segments
   FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],
               %s::text[], %s::timestamptz[], %s::varchar[], %s::timestamptz[],
-              %s::timestamptz[], %s::timestamptz[])
+              %s::timestamptz[], %s::timestamptz[], %s::smallint[])
        AS v(id, status, reason, recipient, subject, body, discount_expires_at,
-            provider_message_id, claimed_at, sent_at, updated_at)
+            provider_message_id, claimed_at, sent_at, updated_at, segments)
  WHERE s.id = v.id
 """)
 

@@ -3,6 +3,8 @@ real email/SMS providers plug in through NUDGE_CHANNELS (see README)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Protocol
@@ -26,14 +28,22 @@ class OutgoingMessage:
 
 
 class ChannelError(Exception):
-    """The provider refused or failed; `retryable` says whether trying again may help."""
+    """The provider refused or failed; `retryable` says whether trying again may help, and
+    `retry_after` (seconds) when the provider said how long to wait (Retry-After)."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class Channel(Protocol):
+    """A provider. It may also have `batch()`, a context manager that dispatch enters once
+    around each chunk (see channels_batch): the channel's sends inside it may share one
+    connection, which it opens at the first send and closes on exit."""
+
     def send(self, message: OutgoingMessage) -> str:
         """Deliver the message; return the provider's message id. Raise ChannelError."""
         ...
@@ -53,3 +63,19 @@ def get_channel(name: str) -> Channel:
         raise ChannelError(f"no channel configured for {name!r}", retryable=False)
     channel: Channel = import_string(path)()
     return channel
+
+
+@contextmanager
+def channels_batch(names: Iterable[str]) -> Iterator[None]:
+    """Enter the `batch()` scope of each named channel that has one, for one dispatch chunk.
+    A channel that cannot be loaded is left out here: each of its sends reports why."""
+    with ExitStack() as stack:
+        for name in sorted(set(names)):
+            try:
+                channel = get_channel(name)
+            except Exception:  # noqa: S112 (get_channel raises it again for each send)
+                continue
+            batch = getattr(channel, "batch", None)
+            if batch is not None:
+                stack.enter_context(batch())
+        yield

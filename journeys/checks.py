@@ -1,0 +1,48 @@
+"""System checks run at startup (`manage.py check`, runserver, qcluster): a bad SMS setting
+stops the process with a clear message instead of failing every SMS at dispatch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, register
+
+_SMS_URL_HINT = (
+    "For example console: (development), "
+    "twilio://AC…:AUTH_TOKEN@api.twilio.com?from=+14155550100, or "
+    "https://sms.example.com/send with NUDGE_SMS_HTTP_SECRET."
+)
+
+
+@register()
+def sms_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from journeys.channels.sms import sms_url_parse
+
+    try:
+        parsed = sms_url_parse(settings.NUDGE_SMS_URL)
+    except ValueError as exc:
+        return [Error(str(exc), hint=_SMS_URL_HINT, id="nudge.E120")]
+    if parsed.kind != "http":
+        return []
+    secret = settings.NUDGE_SMS_HTTP_SECRET
+    hint = "Set NUDGE_SMS_HTTP_SECRET to the whsec_… secret the SMS endpoint verifies."
+    if not secret:
+        return [
+            Error(
+                "an http(s) NUDGE_SMS_URL needs NUDGE_SMS_HTTP_SECRET", hint=hint, id="nudge.E121"
+            )
+        ]
+    from standardwebhooks.webhooks import Webhook
+
+    try:
+        Webhook(secret)
+    except Exception as exc:  # the package raises RuntimeError or binascii.Error
+        return [
+            Error(
+                f"NUDGE_SMS_HTTP_SECRET is not a Standard Webhooks secret: {exc}",
+                hint=hint,
+                id="nudge.E121",
+            )
+        ]
+    return []
