@@ -291,6 +291,7 @@ if EMAIL_BACKEND == "django.core.mail.backends.filebased.EmailBackend":
 # that does not answer fails the chunk's remaining emails, which are retried.
 EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
 NUDGE_EMAIL_FROM = env.str("NUDGE_EMAIL_FROM", default=DEFAULTS["NUDGE_EMAIL_FROM"])
+NUDGE_PUBLIC_URL = env.str("NUDGE_PUBLIC_URL", default="http://127.0.0.1:8000")
 
 # --- Journeys -------------------------------------------------------------------------------
 # Channel backends by name: "journeys.channels.email.EmailChannel" sends through EMAIL_BACKEND;

@@ -24,7 +24,8 @@ from django.utils.formats import localize
 from django.utils.safestring import SafeData, mark_safe
 from django.utils.timezone import template_localtime  # type: ignore[attr-defined]  # not in the stubs
 
-CONTEXT_NAMES = frozenset({"customer", "cart", "discount", "journey"})
+# unsubscribe_url: emails only (an SMS renders it empty)
+CONTEXT_NAMES = frozenset({"customer", "cart", "discount", "journey", "unsubscribe_url"})
 
 _engine = Engine(autoescape=False, libraries={}, builtins=["django.template.defaultfilters"])
 

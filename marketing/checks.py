@@ -29,3 +29,20 @@ def webhook_secrets_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
         except ValueError as exc:
             problems.append(Error(f"NUDGE_WEBHOOK_SECRET entry {position}: {exc}", id="nudge.E001"))
     return problems
+
+
+@register()
+def public_url_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """The unsubscribe link of every email is NUDGE_PUBLIC_URL + its path: without an origin
+    mail clients cannot follow it."""
+    url = settings.NUDGE_PUBLIC_URL
+    if url.startswith(("https://", "http://")):
+        return []
+    return [
+        Warning(
+            "NUDGE_PUBLIC_URL is not an http(s) URL: the List-Unsubscribe link of every email "
+            f"is relative ({url!r} + its path) and mail clients cannot follow it.",
+            hint="Set it to the site's public origin, e.g. https://shop.example.",
+            id="nudge.W002",
+        )
+    ]

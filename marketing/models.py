@@ -20,6 +20,12 @@ class EventType(models.TextChoices):
     PAYMENT_FINISHED = "payment_finished", "Payment finished"
 
 
+class OptOutSource(models.TextChoices):
+    """How a customer opted out themselves (the reason a skipped send gives)."""
+
+    UNSUBSCRIBE_LINK = "unsubscribe_link", "unsubscribe link"
+
+
 # Unique keys are constraints in Meta, not unique=True: on PostgreSQL unique=True on a
 # CharField adds a second, varchar_pattern_ops index for LIKE 'prefix%', which no query here
 # uses (the admin's search is icontains) and every insert paid for.
@@ -33,6 +39,13 @@ class Customer(models.Model):
     timezone = models.CharField(max_length=64, default="UTC")
     consent_email = models.BooleanField("email consent", default=True)
     consent_sms = models.BooleanField("SMS consent", default=True)
+    # Set by the customer's own opt-out (marketing.services.consent), cleared when they opt in
+    # again the same way: while set, an event's consent.email=true does not opt them back in.
+    email_opted_out_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # db_default: the events' raw INSERTs (services.profiles) name only the profile's columns
+    email_opted_out_via = models.CharField(
+        max_length=32, choices=OptOutSource.choices, blank=True, db_default="", editable=False
+    )
     # occurred_at of the event that last set the profile: an older event arriving late
     # does not overwrite newer data.
     profile_as_of = models.DateTimeField(null=True, blank=True, editable=False)

@@ -9,6 +9,12 @@ commits, so a racing dispatch either sees the cancellation or finishes first. Th
 quick (a few set-based statements), and never call the outside world: what takes longer
 belongs after the commit (`transaction.on_commit`) or in a task.
 
+`customer_opted_out` is sent *inside* the transaction of a customer's own opt-out (the
+unsubscribe link: marketing.services.consent), with `customer=<Customer>` and `channel`, after
+the consent is off. Journeys wait there for any dispatch chunk holding that customer's sends
+on that channel: the opt-out's answer comes after every message already handed to the
+provider, and any later dispatch re-reads the consent and skips the send.
+
 What an event means for enrolments is not signalled: journeys applies stored events itself,
 later, through marketing's verbs (marketing.services.applying).
 """
@@ -16,3 +22,4 @@ later, through marketing's verbs (marketing.services.applying).
 from django.dispatch import Signal
 
 events_stored = Signal()
+customer_opted_out = Signal()

@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "NUDGE_SMS_HTTP_SECRET": "",
     # The From of every email (the Message-ID's domain is its domain).
     "NUDGE_EMAIL_FROM": "Nudge <nudge@localhost>",
+    # The site's public origin (https://shop.example), before the path of Nudge's URLs: the
+    # unsubscribe link of every email (List-Unsubscribe) is NUDGE_PUBLIC_URL + its path.
+    "NUDGE_PUBLIC_URL": "",
     "NUDGE_EXTRA_EVENT_TYPES": [],
     "NUDGE_TICK_SECONDS": 0.2,
     "NUDGE_CLAIM_BATCH": 500,

@@ -1,12 +1,12 @@
 """The URLs a host project includes once: `path("nudge/", include("nudge.urls"))`.
 
-The API of marketing (signed events), journeys (scheduled sends) and media_tasks (images,
-when installed). The OpenAPI schema of these endpoints (`schema/`) is there when the project
-uses drf-spectacular as DRF's schema class (REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] =
-"drf_spectacular.openapi.AutoSchema"): the views' `@extend_schema` is built on that class
-when they are imported. Its docs page (`docs/`) needs "drf_spectacular" and
-"drf_spectacular_sidecar" in INSTALLED_APPS too (its template and local Swagger UI files).
-No SPECTACULAR_SETTINGS are needed.
+The API of marketing (signed events), journeys (scheduled sends) and media_tasks (images, when
+installed), and the customers' unsubscribe page (`unsubscribe/<token>/`). The OpenAPI schema of
+these endpoints (`schema/`) is there when the project uses drf-spectacular as DRF's schema class
+(REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"): the views'
+`@extend_schema` is built on that class when they are imported. Its docs page (`docs/`) needs
+"drf_spectacular" and "drf_spectacular_sidecar" in INSTALLED_APPS too (its template and local
+Swagger UI files). No SPECTACULAR_SETTINGS are needed.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def docs_available() -> bool:
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("", include("marketing.api.urls")),
+    path("", include("marketing.urls")),
     path("", include("journeys.api.urls")),
 ]
 if apps.is_installed("media_tasks"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Protocol
 
@@ -20,6 +20,8 @@ class OutgoingMessage:
     recipient: str
     subject: str
     body: str
+    # extra headers of an email (List-Unsubscribe, ...); channels without headers ignore them
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def idempotency_key(self) -> str:

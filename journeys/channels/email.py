@@ -42,8 +42,9 @@ def email_html(*, subject: str, body: str) -> str:
 
 
 def email_build(message: OutgoingMessage) -> EmailMultiAlternatives:
-    """The email of one send, with its Message-ID (on the sender's domain, carrying the
-    send's idempotency key) and no connection."""
+    """The email of one send, with the message's headers (List-Unsubscribe, ...), its
+    Message-ID (on the sender's domain, carrying the send's idempotency key) and no
+    connection."""
     from_email = settings.NUDGE_EMAIL_FROM
     domain = parseaddr(from_email)[1].rpartition("@")[2] or "localhost"
     email = EmailMultiAlternatives(
@@ -51,7 +52,10 @@ def email_build(message: OutgoingMessage) -> EmailMultiAlternatives:
         body=message.body,
         from_email=from_email,
         to=[message.recipient],
-        headers={"Message-ID": make_msgid(idstring=message.idempotency_key, domain=domain)},
+        headers={
+            **message.headers,
+            "Message-ID": make_msgid(idstring=message.idempotency_key, domain=domain),
+        },
     )
     email.attach_alternative(email_html(subject=message.subject, body=message.body), "text/html")
     return email

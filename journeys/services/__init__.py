@@ -5,6 +5,7 @@
 - `applying`: stored events applied to journeys on the workers (marketing's verbs lock them)
 - `claiming`: the timer's claims of due and stuck sends
 - `dispatch`: locked, re-checked, sent, recorded
+- `consent`: a customer's own opt-out waits for the dispatch of their in-flight sends
 - `operators`: an operator's cancellations and deactivations, and a removed step's
 - `journeys_as_code`: import and the demo journeys
 
@@ -14,6 +15,7 @@ services.scheduled_sends_dispatch(...)`.
 
 from journeys.services.applying import events_apply, events_apply_pending
 from journeys.services.claiming import scheduled_sends_claim_due, scheduled_sends_recover
+from journeys.services.consent import scheduled_sends_await_dispatch
 from journeys.services.dispatch import (
     scheduled_send_dispatch,
     scheduled_sends_dispatch,
@@ -68,6 +70,7 @@ __all__ = [
     "scheduled_send_cancel_for_exit",
     "scheduled_send_cancel_for_steps",
     "scheduled_send_dispatch",
+    "scheduled_sends_await_dispatch",
     "scheduled_sends_claim_due",
     "scheduled_sends_dispatch",
     "scheduled_sends_dispatch_chunks",

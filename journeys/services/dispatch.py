@@ -22,6 +22,7 @@ from journeys.rendering import render
 from journeys.services.exits import exit_event_first, exit_reason
 from journeys.sqlnames import sql
 from marketing.models import Cart, Channel, Customer, Event
+from marketing.services.consent import opted_out_reason, unsubscribe_headers, unsubscribe_url
 from nudge.db.rows import related_set, rows_as_instances, select_list
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def _reason_not_to_send(
         return Status.CANCELLED, exit_reason(exit_event)
     customer = send.customer
     if not customer.has_consent(send.channel):
-        return Status.SKIPPED, f"opted out of {send.get_channel_display()}"
+        return Status.SKIPPED, opted_out_reason(customer, send.channel, send.get_channel_display())
     try:
         recipient = _recipient(send)
     except ValueError as exc:  # never sent, never retried: the number will not become valid
@@ -286,6 +287,10 @@ def _dispatch_locked(send: ScheduledSend, now: datetime, exit_event: Event | Non
         return
     assert send.step is not None  # _reason_not_to_send refuses a removed step
     context = _message_context(send, now)
+    headers: dict[str, str] = {}
+    if send.channel == Channel.EMAIL:
+        context["unsubscribe_url"] = unsubscribe_url(customer_id=send.customer_id)
+        headers = unsubscribe_headers(url=context["unsubscribe_url"])
     send.recipient = _recipient(send)
     send.subject = render(send.step.subject, context) if send.step.subject else ""
     send.body = render(send.step.body, context)
@@ -299,6 +304,7 @@ def _dispatch_locked(send: ScheduledSend, now: datetime, exit_event: Event | Non
         recipient=send.recipient,
         subject=send.subject,
         body=send.body,
+        headers=headers,
     )
     try:
         send.provider_message_id = get_channel(send.channel).send(message)

@@ -2,9 +2,10 @@
 
 One module per job: canonical (an event's canonical JSON and hash), outcomes (results and
 refusals, the answer shape), columns (the fields an event writes, from the models), profiles
-(customers), purchases (carts, payments), ingest (one event), batch (many), applying (the verbs
-journeys applies events with), host_events (the host's own saves), access (the Marketer
-group). Callers use the names below: `from marketing import services`.
+(customers), consent (the unsubscribe link and a customer's own opt-out), purchases (carts,
+payments), ingest (one event), batch (many), applying (the verbs journeys applies events with),
+host_events (the host's own saves), access (the Marketer group). Callers use the names below:
+`from marketing import services`.
 """
 
 from marketing.services.access import (
@@ -22,6 +23,15 @@ from marketing.services.applying import (
 )
 from marketing.services.batch import event_ingest_outcome, events_ingest_batch
 from marketing.services.canonical import canonical_json, canonical_sha256
+from marketing.services.consent import (
+    UnsubscribeTokenInvalid,
+    customer_resubscribe,
+    customer_unsubscribe,
+    unsubscribe_headers,
+    unsubscribe_token,
+    unsubscribe_token_read,
+    unsubscribe_url,
+)
 from marketing.services.host_events import (
     HOST_EVENT_FOR_MODEL,
     event_record_host,
@@ -49,9 +59,12 @@ __all__ = [
     "EventConflict",
     "EventInvalid",
     "IngestResult",
+    "UnsubscribeTokenInvalid",
     "canonical_json",
     "canonical_sha256",
     "cart_upsert",
+    "customer_resubscribe",
+    "customer_unsubscribe",
     "customer_upsert",
     "event_apply_failed",
     "event_ingest",
@@ -69,4 +82,8 @@ __all__ = [
     "marketer_group_sync",
     "marketer_user_ensure",
     "payment_upsert",
+    "unsubscribe_headers",
+    "unsubscribe_token",
+    "unsubscribe_token_read",
+    "unsubscribe_url",
 ]

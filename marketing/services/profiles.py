@@ -4,10 +4,11 @@ the single event's statement, and the batch's two statements.
 
 The rule, in every body: a field the event leaves out (None) is kept, and a new customer gets
 the model's default for it; an event older than the profile's last update (profile_as_of, the
-occurred_at that set it) changes nothing, since events can arrive out of order. The row stays
-locked until the transaction commits, which serialises everything that happens to one customer
-(enrolment, cancellation) across processes. tests/marketing/test_profiles.py feeds the same
-cases to every body.
+occurred_at that set it) changes nothing, since events can arrive out of order; a field the
+customer's own opt-out holds (HELD_BY_OPT_OUT: email consent after an unsubscribe click) is
+kept. The row stays locked until the transaction commits, which serialises everything that
+happens to one customer (enrolment, cancellation) across processes.
+tests/marketing/test_profiles.py feeds the same cases to every body.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ CUSTOMER_PROFILE = (
     column(Customer, "consent_sms", "consent", "sms"),
 )
 CUSTOMER_TABLE = table(Customer)
+# A profile field the customer's own opt-out holds (marketing.services.consent): while the
+# opt-out's column is set, no event changes the field (an event's consent.email=true does
+# not re-subscribe someone who clicked unsubscribe); only the customer's re-subscribe does.
+HELD_BY_OPT_OUT = {"consent_email": "email_opted_out_at"}
 
 
 # (field, key, key inside it or None): Column.given, unrolled for the webhook's hot path.
@@ -49,6 +54,17 @@ def customer_profile(user: dict[str, Any]) -> dict[str, Any]:
             value = value.get(inner) if isinstance(value, dict) else None
         profile[name] = value
     return profile
+
+
+def _profile_set(name: str, column_name: str, value: str, row: str) -> str:
+    """The SQL bodies' SET of one profile field: the event's value (NULL: the stored one),
+    unless the customer's opt-out holds the field."""
+    new = f"COALESCE({value}, {row}.{column_name})"
+    held_by = HELD_BY_OPT_OUT.get(name)
+    if held_by is None:
+        return f"{column_name} = {new}"
+    held = column(Customer, held_by).column
+    return f"{column_name} = CASE WHEN {row}.{held} IS NULL THEN {new} ELSE {row}.{column_name} END"
 
 
 def customer_upsert(
@@ -86,7 +102,12 @@ def customer_upsert(
                 customer = Customer.objects.select_for_update().get(external_id=external_id)
         if as_of and customer.profile_as_of and as_of < customer.profile_as_of:
             return customer
-        changed = [name for name, value in given.items() if getattr(customer, name) != value]
+        held = {name for name, by in HELD_BY_OPT_OUT.items() if getattr(customer, by) is not None}
+        changed = [
+            name
+            for name, value in given.items()
+            if getattr(customer, name) != value and name not in held
+        ]
         for name in changed:
             setattr(customer, name, given[name])
         if as_of and customer.profile_as_of != as_of:
@@ -106,7 +127,7 @@ INSERT INTO {CUSTOMER_TABLE}
 VALUES (%(id)s, {", ".join(f"COALESCE(%({c.name})s, {literal(c.default)})" for c in CUSTOMER_PROFILE)},
         %(as_of)s, %(now)s, %(now)s)
 ON CONFLICT (external_id) DO UPDATE
-   SET {", ".join(f"{c.column} = COALESCE(%({c.name})s, {CUSTOMER_TABLE}.{c.column})" for c in CUSTOMER_PROFILE)},
+   SET {", ".join(_profile_set(c.name, c.column, f"%({c.name})s", CUSTOMER_TABLE) for c in CUSTOMER_PROFILE)},
        profile_as_of = excluded.profile_as_of, updated_at = excluded.updated_at
  WHERE {CUSTOMER_TABLE}.profile_as_of IS NULL
     OR {CUSTOMER_TABLE}.profile_as_of <= excluded.profile_as_of
@@ -159,7 +180,7 @@ RETURNING external_id, id, xmax = 0
 """  # noqa: S608 - the models' names only, no input
 BATCH_CUSTOMERS_UPDATE_SQL = f"""
 UPDATE {CUSTOMER_TABLE} c
-   SET {", ".join(f"{c.column} = COALESCE(v.{c.name}, c.{c.column})" for c in CUSTOMER_PROFILE)},
+   SET {", ".join(_profile_set(c.name, c.column, f"v.{c.name}", "c") for c in CUSTOMER_PROFILE)},
        profile_as_of = v.as_of, updated_at = %s
   FROM {_PROFILES}
  WHERE c.external_id = v.id AND (c.profile_as_of IS NULL OR c.profile_as_of <= v.as_of)

@@ -66,6 +66,8 @@ STATIC_URL = "static/"
 
 # --- Nudge: only what has no default ---------------------------------------------------------
 NUDGE_WEBHOOK_SECRETS = os.environ.get("NUDGE_WEBHOOK_SECRET", "").split()
+# The origin the unsubscribe links in emails start with (check nudge.W002 warns without it).
+NUDGE_PUBLIC_URL = "https://shop.example"
 # retry above timeout (django-q2 warns otherwise); Q_MESSAGING_TIMEOUT matches timeout.
 Q_CLUSTER = {"name": "shop", "orm": "default", "workers": 1, "timeout": 60, "retry": 120}
 
