@@ -22,6 +22,8 @@ class OutgoingMessage:
     body: str
     # extra headers of an email (List-Unsubscribe, ...); channels without headers ignore them
     headers: dict[str, str] = field(default_factory=dict)
+    # an SMS's segment count, as dispatch recorded it on the send (None for an email)
+    segments: int | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -106,6 +106,23 @@ def sms_segments(text: str) -> int:
 # --- backends -------------------------------------------------------------------------------
 
 
+def _request_fields(message: OutgoingMessage) -> dict[str, object]:
+    """What every backend hands on of an SMS: the generic protocol's request body, and the
+    file backend's line (which adds the segments and the time)."""
+    return {
+        "to": message.recipient,
+        "body": message.body,
+        "send_id": message.send_id,
+        "idempotency_key": message.idempotency_key,
+    }
+
+
+def _segments(message: OutgoingMessage) -> int:
+    """The count dispatch recorded on the send; counted here only for a message built
+    elsewhere (a test, a shell)."""
+    return message.segments if message.segments is not None else sms_segments(message.body)
+
+
 class SmsBackend(Protocol):
     def send(self, message: OutgoingMessage) -> str: ...
 
@@ -119,7 +136,7 @@ class ConsoleBackend:
     def send(self, message: OutgoingMessage) -> str:
         text = (
             f"--- SMS to {message.recipient} (send {message.send_id}, "
-            f"{sms_segments(message.body)} segment(s))\n{message.body}\n---\n"
+            f"{_segments(message)} segment(s))\n{message.body}\n---\n"
         )
         with self._lock:
             sys.stdout.write(text)
@@ -137,11 +154,8 @@ class FileBackend:
     def send(self, message: OutgoingMessage) -> str:
         line = json.dumps(
             {
-                "to": message.recipient,
-                "body": message.body,
-                "send_id": message.send_id,
-                "idempotency_key": message.idempotency_key,
-                "segments": sms_segments(message.body),
+                **_request_fields(message),
+                "segments": _segments(message),
                 "at": datetime.now(tz=UTC).isoformat(),
             },
             ensure_ascii=False,
@@ -199,15 +213,7 @@ class HttpBackend:
         self.session = requests.Session()
 
     def send(self, message: OutgoingMessage) -> str:
-        body = json.dumps(
-            {
-                "to": message.recipient,
-                "body": message.body,
-                "send_id": message.send_id,
-                "idempotency_key": message.idempotency_key,
-            },
-            ensure_ascii=False,
-        )
+        body = json.dumps(_request_fields(message), ensure_ascii=False)
         now = datetime.now(tz=UTC)
         headers = {
             "Content-Type": "application/json",

@@ -305,6 +305,7 @@ def _dispatch_locked(send: ScheduledSend, now: datetime, exit_event: Event | Non
         subject=send.subject,
         body=send.body,
         headers=headers,
+        segments=send.segments,
     )
     try:
         send.provider_message_id = get_channel(send.channel).send(message)
