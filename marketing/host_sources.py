@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from django.apps import apps
@@ -39,6 +39,7 @@ from rest_framework import serializers
 from marketing import services
 from marketing.api.serializers import EventSerializer
 from marketing.models import EventType
+from marketing.services.canonical import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -337,16 +338,10 @@ def _json_value(value: Any) -> Any:
     if value is None or isinstance(value, bool | str | list | dict):
         return value
     if isinstance(value, datetime):
-        return _iso_utc(value)
+        return iso_utc(value)
     if isinstance(value, date):
         return value.isoformat()
     return str(value)
-
-
-def _iso_utc(moment: datetime) -> str:
-    if timezone.is_naive(moment):
-        moment = timezone.make_aware(moment)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def host_event_payload_build(
@@ -356,7 +351,7 @@ def host_event_payload_build(
     without "occurred_at" when `occurred_at` is None (the commit sets it)."""
     payload: dict[str, Any] = {"id": source.event_id(instance.pk), "type": source.event}
     if occurred_at is not None:
-        payload["occurred_at"] = _iso_utc(occurred_at)
+        payload["occurred_at"] = iso_utc(occurred_at)
     for path, attribute in source.fields.items():
         value = _json_value(_value_at(instance, attribute))
         if value is None:
@@ -373,9 +368,6 @@ def _qualifies(source: HostSource, instance: models.Model, created: bool) -> boo
     if source.on == ON_CREATE and not created:
         return False
     return all(_value_at(instance, path) == value for path, value in source.when.items())
-
-
-# --- the write -------------------------------------------------------------------------------
 
 
 # --- the receivers ---------------------------------------------------------------------------
@@ -396,7 +388,7 @@ def receiver_for(source: HostSource) -> Callable[..., None]:
             try:
                 # without a time of its own, the event's time is the commit's
                 services.host_event_record(
-                    payload={"occurred_at": _iso_utc(timezone.now()), **payload}
+                    payload={"occurred_at": iso_utc(timezone.now()), **payload}
                 )
             except services.EventInvalid as exc:
                 _not_recorded(source, instance, "; ".join(_error_lines(exc.errors)))

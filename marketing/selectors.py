@@ -5,6 +5,9 @@ from __future__ import annotations
 from django.db import connection
 
 from marketing.models import Event
+from marketing.services.columns import table
+
+_EVENT_TABLE = table(Event)
 
 # The event log's distinct types, one probe of the `event_type` index per type (a loose index
 # scan): the smallest type, then the smallest one after it, and so on. `SELECT DISTINCT type`
@@ -13,9 +16,9 @@ from marketing.models import Event
 # PostgreSQL and SQLite alike.
 _EVENT_TYPES_SQL = f"""
 WITH RECURSIVE seen(type) AS (
-    SELECT min(type) FROM {Event._meta.db_table}
+    SELECT min(type) FROM {_EVENT_TABLE}
     UNION ALL
-    SELECT (SELECT min(e.type) FROM {Event._meta.db_table} e WHERE e.type > seen.type)
+    SELECT (SELECT min(e.type) FROM {_EVENT_TABLE} e WHERE e.type > seen.type)
       FROM seen
      WHERE seen.type IS NOT NULL
 )

@@ -14,6 +14,7 @@ from typing import Any
 from django.db import transaction
 
 from marketing.models import Cart, Customer, Event, EventType, Payment
+from marketing.services.canonical import iso_utc
 from marketing.services.ingest import event_record
 from marketing.services.outcomes import EventConflict, IngestResult
 from marketing.services.profiles import CUSTOMER_PROFILE
@@ -40,9 +41,8 @@ def event_record_host(
         payment = Payment.objects.select_related("cart").get(pk=payment_id) if payment_id else None
         subject = payment or cart or customer
         event_id = f"{type(subject).__name__.lower()}:{subject.external_id}:{event_type}"
-        existing = Event.objects.filter(source=Event.Source.HOST, event_id=event_id).first()
-        if existing is not None:
-            return IngestResult(event=existing, created=False)
+        if (stored := _host_event_stored(event_id)) is not None:
+            return stored
         payload = host_event_payload(
             event_id=event_id,
             event_type=event_type,
@@ -51,10 +51,7 @@ def event_record_host(
             cart=cart,
             payment=payment,
         )
-        try:
-            return event_record(source=Event.Source.HOST, payload=payload)
-        except EventConflict as exc:  # recorded concurrently, from an object since changed
-            return IngestResult(event=exc.event, created=False)
+        return _host_event_store(payload)
 
 
 def host_event_payload(
@@ -73,7 +70,7 @@ def host_event_payload(
     payload: dict[str, Any] = {
         "id": event_id,
         "type": event_type,
-        "occurred_at": occurred_at.isoformat().replace("+00:00", "Z"),
+        "occurred_at": iso_utc(occurred_at),
         "user": user,
     }
     if cart is not None:
@@ -95,10 +92,18 @@ def host_event_record(*, payload: dict[str, Any]) -> IngestResult:
     (marketing.host_sources), with source "host": validated and stored as a webhook body is
     (event_record; EventInvalid when it is not valid). Idempotent by its id: an event already
     recorded is returned (created=False) whatever the payload says now."""
-    existing = Event.objects.filter(source=Event.Source.HOST, event_id=payload["id"]).first()
-    if existing is not None:
-        return IngestResult(event=existing, created=False)
+    return _host_event_stored(payload["id"]) or _host_event_store(payload)
+
+
+def _host_event_stored(event_id: str) -> IngestResult | None:
+    """The host event of that id, if it is stored: an object records each event once,
+    whatever it looks like by now."""
+    existing = Event.objects.filter(source=Event.Source.HOST, event_id=event_id).first()
+    return None if existing is None else IngestResult(event=existing, created=False)
+
+
+def _host_event_store(payload: dict[str, Any]) -> IngestResult:
     try:
         return event_record(source=Event.Source.HOST, payload=payload)
-    except EventConflict as exc:  # a concurrent save recorded it first
+    except EventConflict as exc:  # recorded concurrently, from an object since changed
         return IngestResult(event=exc.event, created=False)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from marketing.models import Event
+from marketing.services.canonical import iso_utc
 
 
 class EventInvalid(Exception):
@@ -39,8 +40,8 @@ def event_result(event: Event) -> dict[str, Any]:
         "id": event.event_id,
         "type": event.type,
         "status": "accepted",
-        "occurred_at": event.occurred_at.isoformat().replace("+00:00", "Z"),
-        "received_at": event.received_at.isoformat().replace("+00:00", "Z"),
+        "occurred_at": iso_utc(event.occurred_at),
+        "received_at": iso_utc(event.received_at),
     }
 
 
