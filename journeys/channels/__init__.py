@@ -33,7 +33,8 @@ class OutgoingMessage:
 
 class ChannelError(Exception):
     """The provider refused or failed; `retryable` says whether trying again may help, and
-    `retry_after` (seconds) when the provider said how long to wait (Retry-After)."""
+    `retry_after` (seconds) when the provider said how long to wait (Retry-After): dispatch
+    then hands the send out again no sooner than that."""
 
     def __init__(
         self, message: str, *, retryable: bool = True, retry_after: float | None = None

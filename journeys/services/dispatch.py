@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -268,12 +268,19 @@ def _message_context(send: ScheduledSend, now: datetime) -> dict[str, Any]:
 
 
 def _retry_or_fail(
-    send: ScheduledSend, now: datetime, problem: str, *, retryable: bool = True
+    send: ScheduledSend,
+    now: datetime,
+    problem: str,
+    *,
+    retryable: bool = True,
+    retry_after: float | None = None,
 ) -> None:
     if retryable and send.attempts < settings.NUDGE_SEND_MAX_ATTEMPTS:
-        # stays in flight; recovery hands it out again after the lease
+        # stays in flight; recovery hands it out again after the lease, or after the
+        # provider's Retry-After when that is longer (claimed_at moves forward by the rest)
         send.reason = f"retrying after {problem}"[:500]
-        send.claimed_at = now
+        later = (retry_after or 0) - settings.NUDGE_SEND_LEASE_SECONDS
+        send.claimed_at = now + timedelta(seconds=later) if later > 0 else now
     else:
         send.status = Status.FAILED
         send.reason = f"failed: {problem}"[:500]
@@ -310,7 +317,13 @@ def _dispatch_locked(send: ScheduledSend, now: datetime, exit_event: Event | Non
     try:
         send.provider_message_id = get_channel(send.channel).send(message)
     except ChannelError as exc:
-        _retry_or_fail(send, now, f"provider error: {exc}", retryable=exc.retryable)
+        _retry_or_fail(
+            send,
+            now,
+            f"provider error: {exc}",
+            retryable=exc.retryable,
+            retry_after=exc.retry_after,
+        )
         return
     send.status = Status.SENT
     send.reason = ""

@@ -217,6 +217,40 @@ def test_generic_backend_transient_503_then_accepted_sends_one_message(provider,
     assert sends()[0].provider_message_id == "msg_1"  # the only accepted request
 
 
+@pytest.mark.django_db
+def test_a_retry_after_longer_than_the_lease_holds_the_send_back_that_long(
+    provider, sms_url, settings
+):
+    settings.NUDGE_SEND_LEASE_SECONDS = 120
+    sms_url(f"http://{provider.host}/sms")
+    sms_journey()
+    due_sms()
+    provider.answer(429, {"error": "slow down"}, {"Retry-After": "600"})
+    before = timezone.now()
+
+    dispatch_due()
+    send = sends()[0]
+    assert send.status == Status.SENDING
+    # recovery takes sends claimed a lease ago: this one is claimed 600 - 120 s ahead
+    assert timedelta(seconds=470) < send.claimed_at - before < timedelta(seconds=490)
+    lease = timedelta(seconds=settings.NUDGE_SEND_LEASE_SECONDS)
+    assert services.scheduled_sends_recover(lease=lease, limit=100) == []
+    assert len(provider.requests) == 1
+
+
+@pytest.mark.django_db
+def test_a_retry_after_shorter_than_the_lease_leaves_the_lease(provider, sms_url, settings):
+    settings.NUDGE_SEND_LEASE_SECONDS = 120
+    sms_url(f"http://{provider.host}/sms")
+    sms_journey()
+    due_sms()
+    provider.answer(503, {"message": "try later"}, {"Retry-After": "7"})
+    before = timezone.now()
+
+    dispatch_due()
+    assert sends()[0].claimed_at - before < timedelta(seconds=5)
+
+
 @pytest.mark.parametrize("status", [408, 429, 500, 503])
 def test_generic_backend_transient_statuses_carry_retry_after(provider, sms_url, status):
     sms_url(f"http://{provider.host}/sms")
