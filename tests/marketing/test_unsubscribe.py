@@ -288,3 +288,19 @@ def test_the_opt_out_answers_after_the_call_in_flight_and_later_sends_are_skippe
         "opted out of email (unsubscribe link)"
     )
     get_channel.cache_clear()
+
+
+def test_the_fast_url_and_token_are_what_reverse_and_signing_dumps_give(settings):
+    """unsubscribe_url() reverses once and reuses one signer (dispatch builds one per email):
+    what it gives must stay what reverse() and signing.dumps()/loads() give."""
+    settings.NUDGE_PUBLIC_URL = "https://shop.example/"
+    url = services.unsubscribe_url(customer_id=42)
+    token = urlparse(url).path.rstrip("/").rpartition("/")[2]
+    assert url == "https://shop.example" + reverse("nudge:unsubscribe", args=[token])
+    assert signing.loads(token, salt="nudge.unsubscribe") == {"c": 42, "ch": "email"}
+    assert services.unsubscribe_token_read(token) == (42, "email")
+    settings.SECRET_KEY = "another-key-" + "x" * 50  # a new key signs with a new signer
+    other = services.unsubscribe_token(customer_id=42)
+    with pytest.raises(signing.BadSignature):
+        signing.loads(token, salt="nudge.unsubscribe")
+    assert signing.loads(other, salt="nudge.unsubscribe") == {"c": 42, "ch": "email"}
