@@ -313,8 +313,9 @@ NUDGE_EXTRA_EVENT_TYPES = env.list(
 NUDGE_TICK_SECONDS = env.float("NUDGE_TICK_SECONDS", default=DEFAULTS["NUDGE_TICK_SECONDS"])
 NUDGE_CLAIM_BATCH = env.int("NUDGE_CLAIM_BATCH", default=DEFAULTS["NUDGE_CLAIM_BATCH"])
 NUDGE_DISPATCH_CHUNK = env.int("NUDGE_DISPATCH_CHUNK", default=DEFAULTS["NUDGE_DISPATCH_CHUNK"])
-# ids per dispatch task: a task dispatches them NUDGE_DISPATCH_CHUNK at a time (one
-# transaction each), and hands what is left after half its timeout to a new task
+# ids per dispatch task: a task takes them NUDGE_DISPATCH_CHUNK at a time (one short
+# transaction each) as room in its NUDGE_DISPATCH_INFLIGHT window allows, and hands what is
+# left after half its timeout to a new task
 NUDGE_DISPATCH_TASK_SIZE = env.int(
     "NUDGE_DISPATCH_TASK_SIZE", default=DEFAULTS["NUDGE_DISPATCH_TASK_SIZE"]
 )
@@ -337,6 +338,21 @@ NUDGE_JOURNEY_RECHECK_SECONDS = env.float(
 # A send is marked failed after this many attempts.
 NUDGE_SEND_MAX_ATTEMPTS = env.int(
     "NUDGE_SEND_MAX_ATTEMPTS", default=DEFAULTS["NUDGE_SEND_MAX_ATTEMPTS"]
+)
+# A transient provider error is retried after a random delay of up to
+# base * 2**(attempts - 1) seconds, capped, or after the provider's Retry-After
+NUDGE_SEND_RETRY_BASE_SECONDS = env.float(
+    "NUDGE_SEND_RETRY_BASE_SECONDS", default=DEFAULTS["NUDGE_SEND_RETRY_BASE_SECONDS"]
+)
+NUDGE_SEND_RETRY_MAX_SECONDS = env.float(
+    "NUDGE_SEND_RETRY_MAX_SECONDS", default=DEFAULTS["NUDGE_SEND_RETRY_MAX_SECONDS"]
+)
+# Provider calls in flight at once per messaging worker process (threads)
+NUDGE_EMAIL_MAX_CONNECTIONS = env.int(
+    "NUDGE_EMAIL_MAX_CONNECTIONS", default=DEFAULTS["NUDGE_EMAIL_MAX_CONNECTIONS"]
+)
+NUDGE_DISPATCH_INFLIGHT = env.int(
+    "NUDGE_DISPATCH_INFLIGHT", default=DEFAULTS["NUDGE_DISPATCH_INFLIGHT"]
 )
 # Stored events are applied to journeys (enrolments) by the messaging workers: the ticker
 # hands them out in tasks of this many ids, and hands an event out again when its worker has

@@ -177,6 +177,19 @@ class ScheduledSend(models.Model):
     segments = models.PositiveSmallIntegerField(null=True, blank=True)
     provider_message_id = models.CharField(max_length=200, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    # The delivery record: which provider took (or refused) it, the last provider error, and
+    # one entry per provider call ({"at": ISO time, "ms": duration, "outcome": text}).
+    # db_default on these: the enrolments' and the bench's raw INSERTs name only their columns
+    provider = models.CharField(max_length=32, blank=True, db_default="")
+    last_error = models.CharField(max_length=500, blank=True, db_default="")
+    attempt_log = models.JSONField(default=list, blank=True, db_default=[])
+    # Set while a provider call is under way, cleared with its outcome: a send handed out
+    # again with it set may have been accepted already (an ambiguous retry, counted here).
+    call_started_at = models.DateTimeField(null=True, blank=True)
+    ambiguous_retries = models.PositiveSmallIntegerField(default=0, db_default=0)
+    # What the provider reported afterwards (delivery feedback webhooks)
+    delivery_status = models.CharField(max_length=16, blank=True, db_default="")
+    delivery_updated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -207,6 +220,12 @@ class ScheduledSend(models.Model):
                 fields=["claimed_at"], condition=Q(status="sending"), name="send_in_flight"
             ),
             models.Index(fields=["journey", "status"], name="send_journey_status"),
+            # delivery feedback finds its send by the provider's message id
+            models.Index(
+                fields=["provider_message_id"],
+                condition=~Q(provider_message_id=""),
+                name="send_provider_message_id",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "NUDGE_SMS_HTTP_SECRET": "",
     # The From of every email (the Message-ID's domain is its domain).
     "NUDGE_EMAIL_FROM": "Nudge <nudge@localhost>",
+    # open connections to the email backend per worker process (SMTP servers limit them)
+    "NUDGE_EMAIL_MAX_CONNECTIONS": 10,
     # The site's public origin (https://shop.example), before the path of Nudge's URLs: the
     # unsubscribe link of every email (List-Unsubscribe) is NUDGE_PUBLIC_URL + its path.
     "NUDGE_PUBLIC_URL": "",
@@ -49,6 +51,12 @@ DEFAULTS: dict[str, Any] = {
     "NUDGE_JOURNEY_CACHE_SECONDS": 5.0,
     "NUDGE_JOURNEY_RECHECK_SECONDS": 1.0,
     "NUDGE_SEND_MAX_ATTEMPTS": 5,
+    # a failed attempt's next try: a random delay up to base * 2**(attempts - 1) seconds,
+    # capped (exponential backoff with full jitter), or the provider's Retry-After
+    "NUDGE_SEND_RETRY_BASE_SECONDS": 5.0,
+    "NUDGE_SEND_RETRY_MAX_SECONDS": 300.0,
+    # provider calls in flight at once per dispatching worker process
+    "NUDGE_DISPATCH_INFLIGHT": 64,
     "NUDGE_APPLY_CHUNK": 50,
     "NUDGE_APPLY_LEASE_SECONDS": 120,
     "NUDGE_APPLY_QUEUE_LIMIT": 20,

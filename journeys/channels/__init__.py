@@ -57,8 +57,16 @@ class Channel(Protocol):
 class OutboxChannel:
     """Delivers nowhere: the rendered message stays on the ScheduledSend row."""
 
+    provider = "outbox"
+
     def send(self, message: OutgoingMessage) -> str:
         return f"outbox:{message.send_id}"
+
+
+def provider_name(channel: Channel) -> str:
+    """What a send records as its provider: the channel's `provider` attribute (the SMS
+    backend, the email backend), else its class name."""
+    return str(getattr(channel, "provider", "") or type(channel).__name__)[:32]
 
 
 @cache

@@ -64,23 +64,25 @@ def email_build(message: OutgoingMessage) -> EmailMultiAlternatives:
 class EmailChannel:
     """Sends each message with EmailMultiAlternatives through EMAIL_BACKEND.
 
-    Inside `batch()` (dispatch enters it once per chunk) every send shares one connection,
-    opened at the first send, so a chunk in which no email leaves opens none. A connection
-    lost mid-chunk is opened again at the next send; a connection that cannot be opened
-    fails the chunk's remaining emails at once with the same (retryable) error instead of
-    waiting for EMAIL_TIMEOUT again for each of them.
+    Inside `batch()` (dispatch enters it once per task) the sends reuse a pool of open
+    connections: a call takes an idle one, or opens one at its first email, so as many
+    connections are open as calls are in flight, up to NUDGE_EMAIL_MAX_CONNECTIONS, and a
+    task in which no email leaves opens none. A connection that failed is closed and not
+    reused; a connection that cannot be opened fails the task's remaining emails at once
+    with the same (retryable) error instead of waiting for EMAIL_TIMEOUT again for each.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._depth = 0
-        self._shared: _SharedConnection | None = None
+        self._shared: _ConnectionPool | None = None
+        self.provider = _backend_name(settings.EMAIL_BACKEND)
 
     @contextmanager
     def batch(self) -> Iterator[None]:
         with self._lock:
             if self._depth == 0:
-                self._shared = _SharedConnection()
+                self._shared = _ConnectionPool()
             self._depth += 1
         try:
             yield
@@ -106,43 +108,64 @@ class EmailChannel:
         return _provider_message_id(email)
 
 
-class _SharedConnection:
-    """One backend connection for the sends of a batch (threads take turns on it)."""
+def _backend_name(path: str) -> str:
+    """ "smtp", "console", "anymail.postmark", ... from an EMAIL_BACKEND path."""
+    parts = path.split(".")
+    if parts[0] == "anymail" and len(parts) >= 3:
+        return f"anymail.{parts[-2]}"
+    return parts[-2] if len(parts) >= 2 else path
+
+
+class _ConnectionPool:
+    """The open backend connections of a batch; each call uses one at a time."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._connection: BaseEmailBackend | None = None
+        self._idle: list[BaseEmailBackend] = []
         self._unreachable: ChannelError | None = None
+        # at most this many open at once: the calls beyond wait for a free one
+        self._slots = threading.BoundedSemaphore(max(1, settings.NUDGE_EMAIL_MAX_CONNECTIONS))
 
-    def send(self, email: EmailMultiAlternatives) -> None:
+    def _take(self) -> BaseEmailBackend:
         with self._lock:
             if self._unreachable is not None:
                 raise self._unreachable
-            if self._connection is None:
-                connection = get_connection(fail_silently=False)
-                try:
-                    connection.open()
-                except Exception as exc:
-                    error = _channel_error(exc, connection)
-                    if error is None:
-                        raise
-                    self._unreachable = error
-                    raise error from exc
-                self._connection = connection
-            try:
-                _send(email, self._connection)
-            except _Refused:
-                raise  # the server answered about this email: the connection is fine
-            except ChannelError:
-                _close_quietly(self._connection)
-                self._connection = None
+            if self._idle:
+                return self._idle.pop()
+        connection = get_connection(fail_silently=False)
+        try:
+            connection.open()
+        except Exception as exc:
+            error = _channel_error(exc, connection)
+            if error is None:
                 raise
+            with self._lock:
+                self._unreachable = error
+            raise error from exc
+        return connection
+
+    def send(self, email: EmailMultiAlternatives) -> None:
+        with self._slots:
+            connection = self._take()
+            try:
+                _send(email, connection)
+            except _Refused:
+                self._give_back(connection)  # the server answered about this email: it is fine
+                raise
+            except BaseException:
+                _close_quietly(connection)
+                raise
+            self._give_back(connection)
+
+    def _give_back(self, connection: BaseEmailBackend) -> None:
+        with self._lock:
+            self._idle.append(connection)
 
     def close(self) -> None:
         with self._lock:
-            if self._connection is not None:
-                _close_quietly(self._connection)
-                self._connection = None
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            _close_quietly(connection)
 
 
 def _send(email: EmailMultiAlternatives, connection: BaseEmailBackend) -> None:

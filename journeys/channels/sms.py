@@ -130,6 +130,8 @@ class SmsBackend(Protocol):
 class ConsoleBackend:
     """Prints each SMS to stdout: under `make run`, the messaging worker's output."""
 
+    provider = "console"
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
 
@@ -147,6 +149,8 @@ class ConsoleBackend:
 class FileBackend:
     """Appends one JSON line per SMS to `<dir>/sms.jsonl` (one write each, O_APPEND: lines
     of several workers do not interleave)."""
+
+    provider = "file"
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / "sms.jsonl"
@@ -200,9 +204,22 @@ def _provider_message(response: requests.Response) -> str:
     return response.text.strip()[:300] or response.reason
 
 
+def _pooled_session(session: requests.Session | None) -> requests.Session:
+    """Keep as many connections open as dispatch has calls in flight (requests keeps 10,
+    and opens a new connection for every call beyond them)."""
+    assert session is not None
+    size = max(10, int(getattr(settings, "NUDGE_DISPATCH_INFLIGHT", 10)))
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 class HttpBackend:
     """The generic JSON backend (module docstring). The Standard Webhooks webhook-id is the
     send's idempotency key, so a retried send carries the same id and key."""
+
+    provider = "http"
 
     def __init__(self, url: str, *, secret: str, timeout: tuple[float, float]) -> None:
         from standardwebhooks.webhooks import Webhook
@@ -210,7 +227,7 @@ class HttpBackend:
         self.url = url
         self.timeout = timeout
         self.signer = Webhook(secret)
-        self.session = requests.Session()
+        self.session = _pooled_session(requests.Session())
 
     def send(self, message: OutgoingMessage) -> str:
         body = json.dumps(_request_fields(message), ensure_ascii=False)
@@ -257,6 +274,8 @@ class TwilioBackend:
     """Twilio's Messages API through the `twilio` package. `base_url` replaces
     https://api.twilio.com (a local fake in tests)."""
 
+    provider = "twilio"
+
     def __init__(
         self,
         *,
@@ -270,6 +289,7 @@ class TwilioBackend:
         from twilio.rest import Client
 
         http_client = TwilioHttpClient()
+        _pooled_session(http_client.session)
         # requests takes a (connect, read) pair, which the constructor's check refuses;
         # request() passes the attribute through to requests as it is
         http_client.timeout = timeout
@@ -438,3 +458,7 @@ class SmsChannel:
 
     def send(self, message: OutgoingMessage) -> str:
         return self.backend.send(message)
+
+    @property
+    def provider(self) -> str:
+        return str(getattr(self.backend, "provider", type(self.backend).__name__))

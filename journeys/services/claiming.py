@@ -3,6 +3,7 @@ handed out again."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.conf import settings
@@ -14,11 +15,13 @@ from django.utils import timezone
 from journeys.models import ScheduledSend
 from journeys.sqlnames import sql
 
+logger = logging.getLogger(__name__)
+
 Status = ScheduledSend.Status
 
 _CLAIM_SQL = sql("""
 UPDATE {send}
-   SET status = {sending}, claimed_at = now(), updated_at = now(), attempts = attempts + 1
+   SET status = {sending}, claimed_at = now(), updated_at = now()
  WHERE id = ANY(ARRAY(SELECT id FROM {send}
                        WHERE status = {pending} AND due_at <= now()
                        ORDER BY due_at
@@ -55,33 +58,54 @@ def scheduled_sends_claim_due(*, limit: int) -> list[int]:
                 status=Status.SENDING,
                 claimed_at=Now(),
                 updated_at=Now(),
-                attempts=F("attempts") + 1,
             )
     return ids
 
 
 def scheduled_sends_recover(*, lease: timedelta, limit: int) -> list[int]:
-    """Hand out again sends claimed longer than `lease` ago whose worker never finished (a
-    lost queue entry, a killed worker); fail those out of attempts. Returns ids to enqueue."""
+    """Hand out again the sends whose lease ran out: those waiting for a retry (their
+    claimed_at was moved so that the lease ends at the retry time), and those whose worker
+    never finished (a lost queue entry, a killed worker). Returns ids to enqueue.
+
+    `attempts` counts provider calls, not hand-outs: a task lost before its call costs no
+    attempt (a send late beyond its max lateness is skipped at dispatch). A send whose call
+    started and never recorded an outcome may have been accepted: it is an ambiguous retry,
+    counted on the row (`ambiguous_retries`) and sent again with the same idempotency key,
+    or failed when its attempts are spent.
+    """
     cutoff = timezone.now() - lease
     with transaction.atomic():
         stuck = list(
             ScheduledSend.objects.in_flight_since(cutoff)
             .order_by("claimed_at")
             .select_for_update(skip_locked=True)
-            .values_list("id", "attempts")[:limit]
+            .values_list("id", "attempts", "call_started_at")[:limit]
         )
-        spent = [pk for pk, attempts in stuck if attempts >= settings.NUDGE_SEND_MAX_ATTEMPTS]
-        retry = [pk for pk, attempts in stuck if attempts < settings.NUDGE_SEND_MAX_ATTEMPTS]
+        ambiguous = [pk for pk, _, started in stuck if started is not None]
+        spent = [
+            pk
+            for pk, attempts, started in stuck
+            if started is not None and attempts >= settings.NUDGE_SEND_MAX_ATTEMPTS
+        ]
+        retry = [pk for pk, _, _ in stuck if pk not in set(spent)]
+        if ambiguous:
+            logger.warning(
+                "recovery: %d sends whose provider call never recorded an outcome are "
+                "handed out again (ambiguous: the provider may have accepted them)",
+                len(ambiguous),
+            )
+            ScheduledSend.objects.filter(pk__in=ambiguous).update(
+                ambiguous_retries=F("ambiguous_retries") + 1,
+                call_started_at=None,
+                last_error="no outcome recorded for the provider call (worker lost)",
+            )
         if spent:
             ScheduledSend.objects.filter(pk__in=spent).update(
                 status=Status.FAILED,
-                reason=f"failed: no worker finished it in {settings.NUDGE_SEND_MAX_ATTEMPTS} "
-                "attempts",
+                reason=f"failed: no outcome recorded after {settings.NUDGE_SEND_MAX_ATTEMPTS} "
+                "provider calls",
                 updated_at=Now(),
             )
         if retry:
-            ScheduledSend.objects.filter(pk__in=retry).update(
-                claimed_at=Now(), attempts=F("attempts") + 1
-            )
+            ScheduledSend.objects.filter(pk__in=retry).update(claimed_at=Now())
     return retry

@@ -1,11 +1,32 @@
-"""Dispatch: claimed sends are locked, re-checked, rendered, handed to their channel, and their
-outcomes recorded, a chunk at a time."""
+"""Dispatch: claimed sends are re-checked, rendered and handed to their channel with many
+provider calls in flight at once, and their outcomes recorded as each call returns.
+
+The pipeline of one task (PostgreSQL):
+
+1. **Take** up to NUDGE_DISPATCH_CHUNK claimed sends, as window room allows: try each one's
+   customer lock (services.inflight; a customer whose lock is held elsewhere is tried again
+   moments later), then lock the rows, re-check everything (exit event since the trigger,
+   opted out, suppressed, too late), render, and commit the refusals and the calls about to
+   be made (`attempts`, `call_started_at`) in one short transaction. No row lock outlives it.
+2. **Call** the providers on a thread pool, up to NUDGE_DISPATCH_INFLIGHT calls at once.
+3. **Record** each returned call's outcome with one UPDATE for whatever returned together,
+   then release those customers' locks.
+
+A payment's cancellation waits on the customer lock: for the one call in flight to that
+customer, never for a chunk, and not at all when none is. On SQLite (one process, one
+writer) each send is taken, called and recorded in one transaction, one after another.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import random
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,14 +35,25 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from journeys import selectors
-from journeys.channels import ChannelError, OutgoingMessage, channels_batch, get_channel
+from journeys.channels import (
+    Channel as ChannelBackend,
+)
+from journeys.channels import (
+    ChannelError,
+    OutgoingMessage,
+    channels_batch,
+    get_channel,
+    provider_name,
+)
 from journeys.channels.sms import phone_normalise, sms_segments
 from journeys.durations import humanize
 from journeys.models import ScheduledSend
 from journeys.rendering import render
+from journeys.services import inflight
 from journeys.services.exits import exit_event_first, exit_reason
 from journeys.sqlnames import sql
 from marketing.models import Cart, Channel, Customer, Event
+from marketing.services.canonical import iso_utc
 from marketing.services.consent import opted_out_reason, unsubscribe_headers, unsubscribe_url
 from nudge.db.rows import related_set, rows_as_instances, select_list
 
@@ -29,23 +61,20 @@ logger = logging.getLogger(__name__)
 
 Status = ScheduledSend.Status
 
+# how long a send whose customer is locked elsewhere waits before it is tried again, and how
+# many times, before the task leaves it to the next one (still claimed)
+_BUSY_RETRY_SECONDS = 0.05
+_BUSY_TRIES = 40
+
 
 def scheduled_sends_dispatch_chunks(
     *, send_ids: list[int], budget_seconds: float
 ) -> tuple[dict[str, int], list[int]]:
-    """Dispatch a task's sends NUDGE_DISPATCH_CHUNK at a time (one transaction, and so one
-    set of row locks, each), and start no chunk once `budget_seconds` have passed: with a
-    slow provider the rest would run into the task's timeout, and a task killed mid-chunk
-    has called the provider for sends it never recorded. Returns the outcome counts, and
-    the ids not attempted (still claimed: the caller hands them to a new task)."""
-    outcomes: Counter[str] = Counter()
-    chunk = settings.NUDGE_DISPATCH_CHUNK
-    deadline = time.monotonic() + budget_seconds
-    for start in range(0, len(send_ids), chunk):
-        if start and time.monotonic() > deadline:
-            return dict(outcomes), send_ids[start:]
-        outcomes.update(scheduled_sends_dispatch(send_ids=send_ids[start : start + chunk]).values())
-    return dict(outcomes), []
+    """Dispatch a task's sends, and take no more once `budget_seconds` have passed: with a
+    slow provider the rest would run into the task's timeout. Returns the outcome counts,
+    and the ids not attempted (still claimed: the caller hands them to a new task)."""
+    statuses, left = _Run(deadline=time.monotonic() + budget_seconds).run(send_ids)
+    return dict(Counter(statuses.values())), left
 
 
 def scheduled_send_dispatch(*, send_id: int) -> str:
@@ -54,40 +83,199 @@ def scheduled_send_dispatch(*, send_id: int) -> str:
 
 
 def scheduled_sends_dispatch(*, send_ids: list[int]) -> dict[int, str]:
-    """Send a chunk of claimed messages, each at most once, and record the outcomes.
+    """Send claimed messages, each at most once, and record the outcomes (the module's
+    pipeline, with no time budget). Returns the new status of each id; ids not ours to send
+    (no longer in flight: cancelled, or handled by another delivery of the same task) are
+    left out. A send still waiting for a retry stays `sending` (see _retry_or_fail)."""
+    statuses, _ = _Run(deadline=None).run(send_ids)
+    return statuses
 
-    The chunk's rows are locked in id order with one SELECT ... FOR UPDATE, and only rows
-    still in flight come back (a row cancelled meanwhile is re-read under the lock and
-    dropped). Everything is re-checked under those locks (exit event since the trigger, in
-    one query for the chunk; opted out? too late?) and the locks are held across the channel
-    calls, so an exit event's cancellation (which updates these rows) either commits first
-    and is seen here, or waits until the chunk is recorded. The outcomes are written with
-    one UPDATE. Returns the new status of each id; ids not ours to send (already handled by
-    another delivery of the same task) are left out.
 
-    The channels' batch scopes (channels_batch) enclose the transaction: a chunk's emails
-    share one SMTP connection, opened at its first email, and its QUIT comes after the
-    commit, with no row lock held.
-    """
-    outcome: dict[int, str] = {}
-    with channels_batch(settings.NUDGE_CHANNELS), transaction.atomic():
-        sends = _sends_lock(send_ids)
-        if not sends:
-            return outcome
-        _journeys_attach(sends)
-        exits = _exit_events_for(sends)
-        now = timezone.now()
-        for send in sends:
+@dataclass
+class _Call:
+    """One provider call: made on the pool's thread, recorded on the dispatching one."""
+
+    send: ScheduledSend
+    channel: ChannelBackend
+    message: OutgoingMessage
+    started_at: datetime
+    provider_id: str = ""
+    error: ChannelError | None = None
+    unexpected: Exception | None = None
+    seconds: float = 0.0
+
+    def run(self) -> _Call:
+        started = time.perf_counter()
+        try:
+            self.provider_id = self.channel.send(self.message)
+        except ChannelError as exc:
+            self.error = exc
+        except Exception as exc:  # a channel's bug must not lose the outcome of the others
+            logger.exception("provider call of send %s failed", self.send.pk)
+            self.unexpected = exc
+        self.seconds = time.perf_counter() - started
+        return self
+
+
+_pool_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(size: int) -> ThreadPoolExecutor:
+    """This process's call threads (made on first use: after django-q2 forks the worker)."""
+    with _pool_lock:
+        pool = _pools.get(size)
+        if pool is None:
+            pool = _pools[size] = ThreadPoolExecutor(size, thread_name_prefix="nudge-call")
+        return pool
+
+
+@dataclass
+class _Run:
+    deadline: float | None
+    statuses: dict[int, str] = field(default_factory=dict)
+    # customer locks this session holds, per customer (one per send being called)
+    held: Counter[int] = field(default_factory=Counter)
+
+    def run(self, send_ids: list[int]) -> tuple[dict[int, str], list[int]]:
+        with channels_batch(settings.NUDGE_CHANNELS):
+            if connection.vendor != "postgresql":
+                return self._run_serial(send_ids)
             try:
-                _dispatch_locked(send, now, exits.get(send.pk))
-            except Exception as exc:
-                # One bad row must not roll back the chunk: its other messages are gone.
-                logger.exception("dispatch of send %s failed", send.pk)
-                _retry_or_fail(send, now, f"unexpected error: {exc!r}")
-            send.updated_at = timezone.now()
-            outcome[send.pk] = send.status
-        _dispatch_outcomes_save(sends)
-    return outcome
+                return self._run_pipelined(send_ids)
+            finally:
+                self._release(list(self.held.elements()))
+
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def _run_serial(self, send_ids: list[int]) -> tuple[dict[int, str], list[int]]:
+        for n, send_id in enumerate(send_ids):
+            if n and self._out_of_time():
+                return self.statuses, send_ids[n:]
+            with transaction.atomic():  # the database's write lock spans the call
+                calls, _ = self._take([send_id], lock_customers=False)
+                for call in calls:
+                    call.run()
+                self._record(calls)
+        return self.statuses, []
+
+    def _run_pipelined(self, send_ids: list[int]) -> tuple[dict[int, str], list[int]]:
+        window = max(1, settings.NUDGE_DISPATCH_INFLIGHT)
+        chunk = max(1, min(settings.NUDGE_DISPATCH_CHUNK, window))
+        refill_at = max(1, chunk // 4)
+        pool = _pool(window)
+        queue = deque((send_id, 0) for send_id in send_ids)
+        busy: list[tuple[float, int, int]] = []  # (when to try again, id, tries)
+        calls: dict[Future[_Call], _Call] = {}
+        given_up: list[int] = []
+        while queue or busy or calls:
+            now_mono = time.monotonic()
+            for entry in [b for b in busy if b[0] <= now_mono]:
+                busy.remove(entry)
+                queue.append((entry[1], entry[2]))
+            room = window - len(calls)
+            may_take = not self._out_of_time() or len(queue) == len(send_ids)  # the first
+            if queue and may_take and (room >= refill_at or not calls):
+                taking = [queue.popleft() for _ in range(min(room, chunk, len(queue)))]
+                tries = dict(taking)
+                taken, locked_elsewhere = self._take(list(tries), lock_customers=True)
+                for call in taken:
+                    calls[pool.submit(call.run)] = call
+                for send_id in locked_elsewhere:
+                    if tries[send_id] + 1 < _BUSY_TRIES:
+                        retry_at = now_mono + _BUSY_RETRY_SECONDS
+                        busy.append((retry_at, send_id, tries[send_id] + 1))
+                    else:
+                        given_up.append(send_id)  # left to the next task, still claimed
+                continue
+            if not calls:
+                if busy and not queue:
+                    time.sleep(max(0.0, min(b[0] for b in busy) - time.monotonic()))
+                    continue
+                break  # out of time: what is queued goes to the next task
+            timeout = _BUSY_RETRY_SECONDS if busy or queue else None
+            done, _ = wait(calls, timeout=timeout, return_when=FIRST_COMPLETED)
+            returned = [calls.pop(future) for future in done]
+            if returned:
+                self._record(returned)
+                self._release([call.send.customer_id for call in returned])
+        left = [send_id for send_id, _ in queue] + [send_id for _, send_id, _ in busy]
+        left += given_up
+        return self.statuses, left
+
+    def _release(self, customer_ids: list[int]) -> None:
+        if not customer_ids:
+            return
+        inflight.customers_unlock(customer_ids)
+        self.held.subtract(customer_ids)
+        self.held = +self.held
+
+    def _take(self, send_ids: list[int], *, lock_customers: bool) -> tuple[list[_Call], list[int]]:
+        """Lock, re-check and render claimed sends; commit their refusals and the calls about
+        to be made. Returns the calls, and the ids whose customer is locked elsewhere."""
+        locked_elsewhere: list[int] = []
+        locked: Counter[int] = Counter()
+        with transaction.atomic():
+            if lock_customers:
+                send_ids, locked_elsewhere, locked = self._customers_lock(send_ids)
+            sends = _sends_lock(send_ids)
+            _journeys_attach(sends)
+            exits = _exit_events_for(sends)
+            now = timezone.now()
+            calls: list[_Call] = []
+            for send in sends:
+                try:
+                    call = _call_prepare(send, now, exits.get(send.pk))
+                except Exception as exc:
+                    # One bad row must not hold up the others: count it as an attempt
+                    logger.exception("dispatch of send %s failed", send.pk)
+                    send.attempts += 1
+                    _retry_or_fail(send, now, f"unexpected error: {exc!r}")
+                    call = None
+                if call is not None:
+                    calls.append(call)
+                else:
+                    self.statuses[send.pk] = send.status
+                send.updated_at = now
+            _outcomes_save(sends)
+        if lock_customers:
+            # the customers of sends that were refused, or were no longer in flight
+            calling = Counter(call.send.customer_id for call in calls)
+            self._release(list((locked - calling).elements()))
+        return calls, locked_elsewhere
+
+    def _customers_lock(self, send_ids: list[int]) -> tuple[list[int], list[int], Counter[int]]:
+        """Take the customer lock of each still-claimed send; (ids locked, ids whose
+        customer is locked elsewhere, the locks taken by customer). Ids no longer in
+        flight are left out."""
+        with connection.cursor() as cursor:
+            cursor.execute(_CUSTOMERS_SQL, [send_ids, Status.SENDING])
+            rows = cursor.fetchall()
+        taken = inflight.customers_try_lock([customer_id for _, customer_id in rows])
+        locked, elsewhere, customers = [], [], Counter[int]()
+        for (send_id, customer_id), ok in zip(rows, taken, strict=True):
+            if ok:
+                locked.append(send_id)
+                customers[customer_id] += 1
+            else:
+                elsewhere.append(send_id)
+        self.held.update(customers)
+        return locked, elsewhere, customers
+
+    def _record(self, calls: list[_Call]) -> None:
+        if not calls:
+            return
+        now = timezone.now()
+        for call in calls:
+            _call_outcome(call, now)
+            self.statuses[call.send.pk] = call.send.status
+        _outcomes_save([call.send for call in calls])
+
+
+_CUSTOMERS_SQL = sql("""
+SELECT id, customer_id FROM {send} WHERE id = ANY(%s::bigint[]) AND status = %s ORDER BY id
+""")
 
 
 # --- reading the chunk ----------------------------------------------------------------------
@@ -275,23 +463,43 @@ def _retry_or_fail(
     retryable: bool = True,
     retry_after: float | None = None,
 ) -> None:
-    if retryable and send.attempts < settings.NUDGE_SEND_MAX_ATTEMPTS:
-        # stays in flight; recovery hands it out again after the lease, or after the
-        # provider's Retry-After when that is longer (claimed_at moves forward by the rest)
-        send.reason = f"retrying after {problem}"[:500]
-        later = (retry_after or 0) - settings.NUDGE_SEND_LEASE_SECONDS
-        send.claimed_at = now + timedelta(seconds=later) if later > 0 else now
-    else:
+    """After a failed attempt: fail at once when the error is permanent, the attempts are
+    spent, or the next try would come later than the step's max lateness; otherwise stay in
+    flight until the next try, after an exponential backoff with full jitter (or the
+    provider's Retry-After, when longer). The timer hands it out again then: claimed_at
+    moves so that its lease ends at that moment."""
+    if not retryable:
+        send.status, send.reason = Status.FAILED, f"failed: {problem}"[:500]
+        return
+    if send.attempts >= settings.NUDGE_SEND_MAX_ATTEMPTS:
         send.status = Status.FAILED
-        send.reason = f"failed: {problem}"[:500]
+        send.reason = f"failed after {send.attempts} attempts: {problem}"[:500]
+        return
+    ceiling = min(
+        settings.NUDGE_SEND_RETRY_MAX_SECONDS,
+        settings.NUDGE_SEND_RETRY_BASE_SECONDS * 2 ** max(0, send.attempts - 1),
+    )
+    delay = max(random.uniform(0, ceiling), retry_after or 0.0)  # jitter, not a secret
+    retry_at = now + timedelta(seconds=delay)
+    if retry_at - send.due_at > send.journey.max_lateness:
+        send.status = Status.FAILED
+        send.reason = (f"failed: {problem}; a retry would be later than the step's max lateness")[
+            :500
+        ]
+        return
+    next_try = f" (next try at {iso_utc(retry_at)})"
+    send.reason = f"retrying after {problem[: 500 - len(next_try) - 15]}{next_try}"
+    send.claimed_at = retry_at - timedelta(seconds=settings.NUDGE_SEND_LEASE_SECONDS)
 
 
-def _dispatch_locked(send: ScheduledSend, now: datetime, exit_event: Event | None) -> None:
-    """Decide, render and send one locked row; sets its outcome fields (saved by the caller)."""
+def _call_prepare(send: ScheduledSend, now: datetime, exit_event: Event | None) -> _Call | None:
+    """Decide and render one locked row: None when it must not go out (its outcome fields
+    are set), else the call to make (and the row marked as called: attempts,
+    call_started_at, provider)."""
     refusal = _reason_not_to_send(send, now, exit_event)
     if refusal is not None:
         send.status, send.reason = refusal
-        return
+        return None
     assert send.step is not None  # _reason_not_to_send refuses a removed step
     context = _message_context(send, now)
     headers: dict[str, str] = {}
@@ -305,6 +513,15 @@ def _dispatch_locked(send: ScheduledSend, now: datetime, exit_event: Event | Non
         send.segments = sms_segments(send.body)
     if context["discount"]:
         send.discount_expires_at = context["discount"]["expires_at"]
+    try:
+        channel = get_channel(send.channel)
+    except ChannelError as exc:
+        send.attempts += 1
+        _retry_or_fail(send, now, f"provider error: {exc}", retryable=exc.retryable)
+        return None
+    send.attempts += 1
+    send.call_started_at = now
+    send.provider = provider_name(channel)
     message = OutgoingMessage(
         send_id=send.pk,
         channel=send.channel,
@@ -314,20 +531,36 @@ def _dispatch_locked(send: ScheduledSend, now: datetime, exit_event: Event | Non
         headers=headers,
         segments=send.segments,
     )
-    try:
-        send.provider_message_id = get_channel(send.channel).send(message)
-    except ChannelError as exc:
+    return _Call(send=send, channel=channel, message=message, started_at=now)
+
+
+def _call_outcome(call: _Call, now: datetime) -> None:
+    """Set the outcome fields of a returned call's send (saved by the caller)."""
+    send = call.send
+    send.call_started_at = None
+    send.updated_at = now
+    if call.error is None and call.unexpected is None:
+        outcome = "sent"
+        send.status, send.reason = Status.SENT, ""
+        send.provider_message_id = call.provider_id
+        send.sent_at = now
+    elif call.error is not None:
+        error = call.error
+        send.last_error = str(error)[:500]
+        outcome = f"{'transient' if error.retryable else 'permanent'} error: {error}"
         _retry_or_fail(
             send,
             now,
-            f"provider error: {exc}",
-            retryable=exc.retryable,
-            retry_after=exc.retry_after,
+            f"provider error: {error}",
+            retryable=error.retryable,
+            retry_after=error.retry_after,
         )
-        return
-    send.status = Status.SENT
-    send.reason = ""
-    send.sent_at = timezone.now()
+    else:
+        send.last_error = f"unexpected error: {call.unexpected!r}"[:500]
+        outcome = send.last_error
+        _retry_or_fail(send, now, send.last_error)
+    entry = {"at": iso_utc(call.started_at), "ms": round(call.seconds * 1000), "outcome": outcome}
+    send.attempt_log = [*send.attempt_log, entry]
 
 
 # --- recording the outcomes -----------------------------------------------------------------
@@ -344,6 +577,11 @@ _DISPATCH_FIELDS = [
     "sent_at",
     "updated_at",
     "segments",
+    "attempts",
+    "call_started_at",
+    "provider",
+    "last_error",
+    "attempt_log",
 ]
 
 _OUTCOMES_SQL = sql("""
@@ -351,24 +589,31 @@ UPDATE {send} AS s
    SET status = v.status, reason = v.reason, recipient = v.recipient, subject = v.subject,
        body = v.body, discount_expires_at = v.discount_expires_at,
        provider_message_id = v.provider_message_id, claimed_at = v.claimed_at,
-       sent_at = v.sent_at, updated_at = v.updated_at, segments = v.segments
+       sent_at = v.sent_at, updated_at = v.updated_at, segments = v.segments,
+       attempts = v.attempts, call_started_at = v.call_started_at, provider = v.provider,
+       last_error = v.last_error, attempt_log = v.attempt_log::jsonb
   FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],
               %s::text[], %s::timestamptz[], %s::varchar[], %s::timestamptz[],
-              %s::timestamptz[], %s::timestamptz[], %s::smallint[])
+              %s::timestamptz[], %s::timestamptz[], %s::smallint[], %s::smallint[],
+              %s::timestamptz[], %s::varchar[], %s::varchar[], %s::text[])
        AS v(id, status, reason, recipient, subject, body, discount_expires_at,
-            provider_message_id, claimed_at, sent_at, updated_at, segments)
+            provider_message_id, claimed_at, sent_at, updated_at, segments, attempts,
+            call_started_at, provider, last_error, attempt_log)
  WHERE s.id = v.id
 """)
 
 
-def _dispatch_outcomes_save(sends: list[ScheduledSend]) -> None:
-    """One UPDATE for the chunk's outcomes. On PostgreSQL it joins the rows to arrays of the
-    new values (Django's bulk_update builds a CASE per field and row, and spent more time in
+def _outcomes_save(sends: list[ScheduledSend]) -> None:
+    """One UPDATE for the outcomes. On PostgreSQL it joins the rows to arrays of the new
+    values (Django's bulk_update builds a CASE per field and row, and spent more time in
     Python than the whole rest of the dispatch)."""
+    if not sends:
+        return
     if connection.vendor != "postgresql":
         ScheduledSend.objects.bulk_update(sends, _DISPATCH_FIELDS)
         return
-    columns = [[s.pk for s in sends]]
-    columns += [[getattr(s, name) for s in sends] for name in _DISPATCH_FIELDS]
+    columns: list[list[Any]] = [[s.pk for s in sends]]
+    columns += [[getattr(s, name) for s in sends] for name in _DISPATCH_FIELDS[:-1]]
+    columns.append([json.dumps(s.attempt_log) for s in sends])
     with connection.cursor() as cursor:
         cursor.execute(_OUTCOMES_SQL, columns)

@@ -26,6 +26,7 @@ from django.db.models.functions import Now
 
 from journeys import selectors
 from journeys.models import Journey, ScheduledSend
+from journeys.services import inflight
 from journeys.sqlnames import sql
 from marketing.models import Event
 from nudge.db import prepared
@@ -122,9 +123,11 @@ def exit_event_first(
 # --- the rule in SQL (PostgreSQL) -----------------------------------------------------------
 
 # Every cancellation locks its rows in id order first (ORDER BY id FOR UPDATE), as dispatch
-# locks its chunk: a plain UPDATE locks in the order its scan meets the rows, and a payment
-# locking a customer's second send while a dispatch holds the first and waits for the second
-# would deadlock. A row that changed while we waited is re-checked (no longer active: left).
+# locks what it takes: a plain UPDATE locks in the order its scan meets the rows, and a
+# payment locking a customer's second send while a dispatch holds the first and waits for
+# the second would deadlock. A row that changed while we waited is re-checked (no longer
+# active: left). Before a row is locked, the customer's in-flight provider call, if any, is
+# waited for (services.inflight): no message leaves after the cancellation commits.
 
 # One exit event: the customer's active sends in the journeys it exits per customer, and in
 # those it exits per cart with no cart or about its cart, whose trigger occurred no later.
@@ -138,9 +141,10 @@ UPDATE {send} s
                 OR (journey_id = ANY(%s::bigint[])
                     AND (cart_id IS NULL
                          OR cart_id IN (SELECT id FROM {cart} WHERE external_id = %s))))
+           AND {{wait}}
          ORDER BY id FOR UPDATE) l
  WHERE s.id = l.id
-""")
+""").format(wait=inflight.wait_clause("customer_id"))
 # Prepared in event_ingest (planning it cost about three times what running it does)
 _CANCEL_ONE = prepared.Statement(
     "nudge_cancel_one",
@@ -166,14 +170,14 @@ WITH m AS (
      ORDER BY a.id, v.n
 ), l AS (
     SELECT s.id FROM {send} s JOIN m ON m.id = s.id
-     WHERE s.status IN ({active})
+     WHERE s.status IN ({active}) AND {{wait}}
      ORDER BY s.id FOR UPDATE OF s
 )
 UPDATE {send} s
    SET status = {cancelled}, reason = m.reason, updated_at = now()
   FROM m, l
  WHERE s.id = m.id AND s.id = l.id
-""")
+""").format(wait=inflight.wait_clause("s.customer_id"))
 
 
 def _cancel_one_params(event: Event, exited: list[Journey]) -> list[object]:

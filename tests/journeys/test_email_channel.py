@@ -164,7 +164,8 @@ def test_a_due_email_arrives_once_as_text_and_html_from_the_nudge_sender(smtp):
     assert f"nudge-send-{send.pk}" in send.provider_message_id
 
 
-def test_a_chunk_of_emails_shares_one_smtp_connection(smtp):
+def test_a_task_of_emails_reuses_its_smtp_connections(smtp, settings):
+    settings.NUDGE_EMAIL_MAX_CONNECTIONS = 1
     _email_journey()
     users = [f"u_{n}" for n in range(5)]
     for user in users:
@@ -181,6 +182,21 @@ def test_a_chunk_of_emails_shares_one_smtp_connection(smtp):
     assert len({s.provider_message_id for s in sends()}) == 5
 
 
+def test_emails_in_flight_at_once_open_no_more_connections_than_allowed(smtp, settings):
+    settings.NUDGE_EMAIL_MAX_CONNECTIONS = 3
+    _email_journey()
+    users = [f"u_{n}" for n in range(12)]
+    for user in users:
+        _checkout(user)
+    claimed = services.scheduled_sends_claim_due(limit=20)
+
+    outcome = services.scheduled_sends_dispatch(send_ids=claimed)
+
+    assert sorted(outcome.values()) == ["sent"] * 12
+    assert len(smtp.handler.envelopes) == 12
+    assert 1 <= smtp.connections_made() <= 3
+
+
 def test_a_chunk_with_no_email_to_send_opens_no_connection(smtp):
     _email_journey()
     _checkout("u_1")
@@ -191,7 +207,8 @@ def test_a_chunk_with_no_email_to_send_opens_no_connection(smtp):
     assert smtp.connections_made() == 0
 
 
-def test_a_recipient_refused_for_good_fails_at_once_with_the_servers_reason(smtp):
+def test_a_recipient_refused_for_good_fails_at_once_with_the_servers_reason(smtp, settings):
+    settings.NUDGE_EMAIL_MAX_CONNECTIONS = 1
     _email_journey()
     _checkout("unknown", email="unknown@example.com")
     _checkout("u_2")
@@ -212,7 +229,8 @@ def test_a_recipient_refused_for_good_fails_at_once_with_the_servers_reason(smtp
     assert services.scheduled_sends_recover(lease=timedelta(0), limit=10) == []
 
 
-def test_a_mail_server_that_is_down_leaves_the_sends_in_flight_until_it_is_back(smtp):
+def test_a_mail_server_that_is_down_leaves_the_sends_in_flight_until_it_is_back(smtp, settings):
+    settings.NUDGE_EMAIL_MAX_CONNECTIONS = 1
     _email_journey()
     _checkout("u_1")
     _checkout("u_2")

@@ -163,10 +163,12 @@ def test_provider_error_is_retried_with_the_same_discount_code(flaky_channel, se
 
     dispatch_due()
     sms.refresh_from_db()
-    assert (sms.status, sms.reason) == (
-        Status.SENDING,
-        "retrying after provider error: provider timed out",
-    )
+    assert sms.status == Status.SENDING
+    assert sms.reason.startswith("retrying after provider error: provider timed out (next try at ")
+    assert sms.last_error == "provider timed out"
+    assert [entry["outcome"] for entry in sms.attempt_log] == [
+        "transient error: provider timed out"
+    ]
 
     ScheduledSend.objects.filter(pk=sms.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
     (recovered,) = services.scheduled_sends_recover(lease=timedelta(minutes=2), limit=10)
@@ -181,14 +183,49 @@ def test_send_out_of_attempts_fails_with_reason(settings):
     make_journey()
     ingest(make_event("e1", "checkout_started", at=minutes_ago(11), cart="c_1"))
     services.scheduled_sends_claim_due(limit=10)
+    # its last provider call started and its worker died before recording the outcome
     ScheduledSend.objects.update(
-        attempts=settings.NUDGE_SEND_MAX_ATTEMPTS, claimed_at=timezone.now() - timedelta(hours=1)
+        attempts=settings.NUDGE_SEND_MAX_ATTEMPTS,
+        claimed_at=timezone.now() - timedelta(hours=1),
+        call_started_at=timezone.now() - timedelta(hours=1),
     )
 
     assert services.scheduled_sends_recover(lease=timedelta(minutes=2), limit=10) == []
     send = sends()[0]
     assert send.status == Status.FAILED
-    assert send.reason.startswith("failed: no worker finished it")
+    assert send.reason == (
+        f"failed: no outcome recorded after {settings.NUDGE_SEND_MAX_ATTEMPTS} provider calls"
+    )
+    assert send.ambiguous_retries == 1
+
+
+def test_a_send_whose_call_never_recorded_an_outcome_is_retried_and_counted(settings):
+    make_journey()
+    ingest(make_event("e1", "checkout_started", at=minutes_ago(11), cart="c_1"))
+    (claimed,) = services.scheduled_sends_claim_due(limit=10)
+    ScheduledSend.objects.update(
+        attempts=1,
+        claimed_at=timezone.now() - timedelta(hours=1),
+        call_started_at=timezone.now() - timedelta(hours=1),
+    )
+
+    assert services.scheduled_sends_recover(lease=timedelta(minutes=2), limit=10) == [claimed]
+    assert services.scheduled_send_dispatch(send_id=claimed) == "sent"
+    send = sends()[0]
+    assert (send.attempts, send.ambiguous_retries, send.call_started_at) == (2, 1, None)
+
+
+def test_a_task_lost_before_its_call_costs_no_attempt(settings):
+    make_journey()
+    ingest(make_event("e1", "checkout_started", at=minutes_ago(11), cart="c_1"))
+    (claimed,) = services.scheduled_sends_claim_due(limit=10)
+    for _ in range(settings.NUDGE_SEND_MAX_ATTEMPTS + 2):  # lost again and again
+        ScheduledSend.objects.update(claimed_at=timezone.now() - timedelta(hours=1))
+        assert services.scheduled_sends_recover(lease=timedelta(minutes=2), limit=10) == [claimed]
+
+    assert services.scheduled_send_dispatch(send_id=claimed) == "sent"
+    send = sends()[0]
+    assert (send.attempts, send.ambiguous_retries) == (1, 0)
 
 
 def test_lost_queue_entry_is_handed_out_again_after_the_lease():

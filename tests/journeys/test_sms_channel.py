@@ -205,10 +205,11 @@ def test_generic_backend_transient_503_then_accepted_sends_one_message(provider,
 
     dispatch_due()
     send = sends()[0]
-    assert (send.status, send.reason) == (
-        Status.SENDING,
-        "retrying after provider error: SMS provider answered 503: try later",
+    assert send.status == Status.SENDING
+    assert send.reason.startswith(
+        "retrying after provider error: SMS provider answered 503: try later (next try at "
     )
+    assert (send.provider, send.last_error) == ("http", "SMS provider answered 503: try later")
     assert redispatch_after_lease() == {send.pk: "sent"}
 
     first, second = provider.requests
@@ -239,8 +240,9 @@ def test_a_retry_after_longer_than_the_lease_holds_the_send_back_that_long(
 
 
 @pytest.mark.django_db
-def test_a_retry_after_shorter_than_the_lease_leaves_the_lease(provider, sms_url, settings):
+def test_a_retry_after_shorter_than_the_lease_is_the_next_try(provider, sms_url, settings):
     settings.NUDGE_SEND_LEASE_SECONDS = 120
+    settings.NUDGE_SEND_RETRY_BASE_SECONDS = 1  # the backoff's jitter stays under 7 s
     sms_url(f"http://{provider.host}/sms")
     sms_journey()
     due_sms()
@@ -248,7 +250,53 @@ def test_a_retry_after_shorter_than_the_lease_leaves_the_lease(provider, sms_url
     before = timezone.now()
 
     dispatch_due()
-    assert sends()[0].claimed_at - before < timedelta(seconds=5)
+    # the lease ends (and recovery hands it out) at the provider's Retry-After
+    retry_at = sends()[0].claimed_at + timedelta(seconds=settings.NUDGE_SEND_LEASE_SECONDS)
+    assert timedelta(seconds=6.5) < retry_at - before < timedelta(seconds=8)
+
+
+@pytest.mark.django_db
+def test_transient_failures_back_off_exponentially_with_full_jitter(provider, sms_url, settings):
+    settings.NUDGE_SEND_RETRY_BASE_SECONDS = 10
+    settings.NUDGE_SEND_RETRY_MAX_SECONDS = 25
+    settings.NUDGE_SEND_MAX_ATTEMPTS = 10
+    lease = timedelta(seconds=settings.NUDGE_SEND_LEASE_SECONDS)
+    sms_url(f"http://{provider.host}/sms")
+    sms_journey()
+    due_sms()
+    delays = []
+    for attempt in range(4):
+        provider.answer(503, {"message": "down"})
+        before = timezone.now()
+        if attempt == 0:
+            dispatch_due()
+        else:  # the retry is due: recovery hands it out
+            ScheduledSend.objects.update(claimed_at=timezone.now() - lease - timedelta(seconds=1))
+            recovered = services.scheduled_sends_recover(lease=lease, limit=10)
+            services.scheduled_sends_dispatch(send_ids=recovered)
+        delays.append((sends()[0].claimed_at + lease - before).total_seconds())
+    # attempt n waits a random time up to min(25, 10 * 2**(n - 1)) seconds
+    for ceiling, delay in zip([10, 20, 25, 25], delays, strict=True):
+        assert -0.5 < delay < ceiling + 0.5
+    assert len(provider.requests) == 4
+    assert sends()[0].attempts == 4
+    assert len(sends()[0].attempt_log) == 4
+
+
+@pytest.mark.django_db
+def test_a_retry_later_than_the_max_lateness_fails_now(provider, sms_url, settings):
+    sms_url(f"http://{provider.host}/sms")
+    sms_journey()
+    due_sms()  # the journey's max lateness is 2 h
+    provider.answer(429, {"error": "slow down"}, {"Retry-After": str(3 * 3600)})
+
+    dispatch_due()
+    send = sends()[0]
+    assert send.status == Status.FAILED
+    assert send.reason == (
+        "failed: provider error: SMS provider answered 429: slow down; "
+        "a retry would be later than the step's max lateness"
+    )
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 503])
