@@ -217,3 +217,89 @@ def _someone_waits_for_a_row_lock() -> bool:
             "AND datname = current_database())"
         )
         return bool(cursor.fetchone()[0])
+
+
+class SlowChannel:
+    """A provider that takes CALL_SECONDS per call, counting the calls in flight."""
+
+    CALL_SECONDS = 0.6
+    lock = threading.Lock()
+    in_flight = 0
+    most_in_flight = 0
+    returned_at: dict[int, float] = {}
+    started: list[int] = []
+
+    def send(self, message: OutgoingMessage) -> str:
+        cls = SlowChannel
+        with cls.lock:
+            cls.in_flight += 1
+            cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
+            cls.started.append(message.send_id)
+        time.sleep(cls.CALL_SECONDS)
+        with cls.lock:
+            cls.in_flight -= 1
+            cls.returned_at[message.send_id] = time.monotonic()
+        return f"slow-{message.send_id}"
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="advisory locks need PostgreSQL")
+def test_calls_run_in_flight_together_and_a_payment_waits_for_its_own_call_only(settings):
+    """Eight sends to eight customers are called at once. A payment of a customer with no
+    call in flight commits at once; a payment of a customer whose call is in flight waits for
+    that one call (not for the others), and the message it could not stop left before it."""
+    slow = "tests.journeys.test_race.SlowChannel"
+    settings.NUDGE_CHANNELS = {**settings.NUDGE_CHANNELS, "email": slow}
+    settings.NUDGE_DISPATCH_INFLIGHT = 8
+    get_channel.cache_clear()
+    SlowChannel.in_flight = SlowChannel.most_in_flight = 0
+    SlowChannel.returned_at, SlowChannel.started = {}, []
+    make_journey()
+    for n in range(9):
+        ingest(make_event(f"co_{n}", "checkout_started", user=f"u_{n}", at=minutes_ago(11),
+                          cart=f"c_{n}"))  # fmt: skip
+    ids = list(ScheduledSend.objects.order_by("pk").values_list("pk", flat=True))
+    ScheduledSend.objects.filter(pk=ids[8]).update(due_at=minutes_ago(-60))  # not due
+    claimed = services.scheduled_sends_claim_due(limit=10)
+    assert claimed == ids[:8]
+    outcome: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def dispatch() -> None:
+        try:
+            outcome.update(services.scheduled_sends_dispatch(send_ids=claimed))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    started = time.monotonic()
+    dispatcher = threading.Thread(target=dispatch)
+    dispatcher.start()
+    try:
+        while len(SlowChannel.started) < 8:
+            assert not errors, errors
+            assert time.monotonic() - started < 10, "the calls never got in flight together"
+            time.sleep(0.01)
+
+        def pay(n: int) -> float:
+            ingest(make_event(f"pay_{n}", "payment_finished", user=f"u_{n}",
+                              at=minutes_ago(0), cart=f"c_{n}", payment=f"p_{n}"))  # fmt: skip
+            return time.monotonic()
+
+        asked = time.monotonic()
+        free_paid = pay(8)  # nothing of u_8 in flight
+        assert free_paid - asked < SlowChannel.CALL_SECONDS / 3
+        (first_customer_send,) = [i for i in SlowChannel.started if i == ids[0]]
+        paid = pay(0)  # u_0's call is in flight: waits for it, and for nothing else
+        returned = SlowChannel.returned_at[first_customer_send]
+        assert paid >= returned
+        assert paid - started < 2 * SlowChannel.CALL_SECONDS + 0.5
+    finally:
+        dispatcher.join(timeout=30)
+        get_channel.cache_clear()
+    assert not errors, errors
+    assert outcome == {pk: "sent" for pk in ids[:8]}
+    assert SlowChannel.most_in_flight == 8
+    assert time.monotonic() - started < 3 * SlowChannel.CALL_SECONDS + 1  # not 8 x 0.6 s
+    assert ScheduledSend.objects.get(pk=ids[8]).status == "cancelled"
+    assert ScheduledSend.objects.get(pk=ids[0]).status == "sent"  # it left before the payment
