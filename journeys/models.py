@@ -187,9 +187,6 @@ class ScheduledSend(models.Model):
     # again with it set may have been accepted already (an ambiguous retry, counted here).
     call_started_at = models.DateTimeField(null=True, blank=True)
     ambiguous_retries = models.PositiveSmallIntegerField(default=0, db_default=0)
-    # What the provider reported afterwards (delivery feedback webhooks)
-    delivery_status = models.CharField(max_length=16, blank=True, db_default="")
-    delivery_updated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -220,12 +217,6 @@ class ScheduledSend(models.Model):
                 fields=["claimed_at"], condition=Q(status="sending"), name="send_in_flight"
             ),
             models.Index(fields=["journey", "status"], name="send_journey_status"),
-            # delivery feedback finds its send by the provider's message id
-            models.Index(
-                fields=["provider_message_id"],
-                condition=~Q(provider_message_id=""),
-                name="send_provider_message_id",
-            ),
         ]
 
     def __str__(self) -> str:

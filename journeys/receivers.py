@@ -25,8 +25,8 @@ def await_dispatch_on_opt_out(
     sender: type, customer: Customer, channel: str, **kwargs: Any
 ) -> None:
     """Inside the opt-out's transaction (see marketing.signals): it answers only once no
-    dispatch chunk is still sending to the customer on that channel."""
-    services.scheduled_sends_await_dispatch(customer_id=customer.pk, channel=channel)
+    provider call to the customer is in flight (services.inflight)."""
+    services.scheduled_sends_await_dispatch(customer_id=customer.pk)
 
 
 def forget_journeys(sender: type, **kwargs: Any) -> None:

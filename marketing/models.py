@@ -24,7 +24,6 @@ class OptOutSource(models.TextChoices):
     """How a customer opted out themselves (the reason a skipped send gives)."""
 
     UNSUBSCRIBE_LINK = "unsubscribe_link", "unsubscribe link"
-    SMS_REPLY = "sms_reply", "SMS reply"
 
 
 # Unique keys are constraints in Meta, not unique=True: on PostgreSQL unique=True on a
@@ -45,10 +44,6 @@ class Customer(models.Model):
     email_opted_out_at = models.DateTimeField(null=True, blank=True, editable=False)
     # db_default: the events' raw INSERTs (services.profiles) name only the profile's columns
     email_opted_out_via = models.CharField(
-        max_length=32, choices=OptOutSource.choices, blank=True, db_default="", editable=False
-    )
-    sms_opted_out_at = models.DateTimeField(null=True, blank=True, editable=False)
-    sms_opted_out_via = models.CharField(
         max_length=32, choices=OptOutSource.choices, blank=True, db_default="", editable=False
     )
     # occurred_at of the event that last set the profile: an older event arriving late
@@ -162,27 +157,3 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
-
-
-class Suppression(models.Model):
-    """An address no message may go to on a channel, whoever it belongs to: a hard bounce or
-    a complaint reported by the provider (delivery feedback)."""
-
-    class Reason(models.TextChoices):
-        BOUNCED = "bounced", "hard bounce"
-        COMPLAINED = "complained", "spam complaint"
-
-    channel = models.CharField(max_length=8, choices=Channel.choices)
-    address = models.CharField(max_length=254)
-    reason = models.CharField(max_length=16, choices=Reason.choices)
-    detail = models.CharField(max_length=500, blank=True)
-    created_at = models.DateTimeField(default=now, editable=False)
-
-    class Meta:
-        ordering = ["-created_at"]
-        constraints = [
-            models.UniqueConstraint(fields=["channel", "address"], name="suppression_unique")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.address} ({self.get_channel_display()}, {self.get_reason_display()})"

@@ -82,12 +82,12 @@ def scheduled_sends_recover(*, lease: timedelta, limit: int) -> list[int]:
             .values_list("id", "attempts", "call_started_at")[:limit]
         )
         ambiguous = [pk for pk, _, started in stuck if started is not None]
-        spent = [
+        spent_ids = {
             pk
             for pk, attempts, started in stuck
             if started is not None and attempts >= settings.NUDGE_SEND_MAX_ATTEMPTS
-        ]
-        retry = [pk for pk, _, _ in stuck if pk not in set(spent)]
+        }
+        retry = [pk for pk, _, _ in stuck if pk not in spent_ids]
         if ambiguous:
             logger.warning(
                 "recovery: %d sends whose provider call never recorded an outcome are "
@@ -99,8 +99,8 @@ def scheduled_sends_recover(*, lease: timedelta, limit: int) -> list[int]:
                 call_started_at=None,
                 last_error="no outcome recorded for the provider call (worker lost)",
             )
-        if spent:
-            ScheduledSend.objects.filter(pk__in=spent).update(
+        if spent_ids:
+            ScheduledSend.objects.filter(pk__in=spent_ids).update(
                 status=Status.FAILED,
                 reason=f"failed: no outcome recorded after {settings.NUDGE_SEND_MAX_ATTEMPTS} "
                 "provider calls",

@@ -10,15 +10,10 @@ for that call, and answers after it. On SQLite the database's single writer does
 
 from __future__ import annotations
 
-from journeys.models import ScheduledSend
 from journeys.services import inflight
 
 
-def scheduled_sends_await_dispatch(*, customer_id: int, channel: str) -> int:
-    """Wait until no provider call to the customer is in flight, and keep one from starting
-    until the caller's transaction ends. Returns how many of their sends on `channel` are
-    in flight (claimed) now."""
+def scheduled_sends_await_dispatch(*, customer_id: int) -> None:
+    """Wait until no provider call to the customer is in flight (on any channel: the lock is
+    the customer's), and keep one from starting until the caller's transaction ends."""
     inflight.customers_await_calls([customer_id])
-    return ScheduledSend.objects.filter(
-        customer_id=customer_id, channel=channel, status=ScheduledSend.Status.SENDING
-    ).count()

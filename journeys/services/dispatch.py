@@ -35,9 +35,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from journeys import selectors
-from journeys.channels import (
-    Channel as ChannelBackend,
-)
+from journeys.channels import Channel as ChannelBackend
 from journeys.channels import (
     ChannelError,
     OutgoingMessage,
@@ -169,14 +167,16 @@ class _Run:
         busy: list[tuple[float, int, int]] = []  # (when to try again, id, tries)
         calls: dict[Future[_Call], _Call] = {}
         given_up: list[int] = []
+        took = False
         while queue or busy or calls:
             now_mono = time.monotonic()
             for entry in [b for b in busy if b[0] <= now_mono]:
                 busy.remove(entry)
                 queue.append((entry[1], entry[2]))
             room = window - len(calls)
-            may_take = not self._out_of_time() or len(queue) == len(send_ids)  # the first
+            may_take = not took or not self._out_of_time()  # the first take in any case
             if queue and may_take and (room >= refill_at or not calls):
+                took = True
                 taking = [queue.popleft() for _ in range(min(room, chunk, len(queue)))]
                 tries = dict(taking)
                 taken, locked_elsewhere = self._take(list(tries), lock_customers=True)
@@ -246,15 +246,14 @@ class _Run:
         return calls, locked_elsewhere
 
     def _customers_lock(self, send_ids: list[int]) -> tuple[list[int], list[int], Counter[int]]:
-        """Take the customer lock of each still-claimed send; (ids locked, ids whose
-        customer is locked elsewhere, the locks taken by customer). Ids no longer in
-        flight are left out."""
+        """Try the customer lock of each still-claimed send, in one statement; (ids locked,
+        ids whose customer is locked elsewhere, the locks taken by customer). Ids no longer
+        in flight are left out."""
         with connection.cursor() as cursor:
-            cursor.execute(_CUSTOMERS_SQL, [send_ids, Status.SENDING])
+            cursor.execute(_CUSTOMERS_TRY_LOCK_SQL, [send_ids, Status.SENDING])
             rows = cursor.fetchall()
-        taken = inflight.customers_try_lock([customer_id for _, customer_id in rows])
         locked, elsewhere, customers = [], [], Counter[int]()
-        for (send_id, customer_id), ok in zip(rows, taken, strict=True):
+        for send_id, customer_id, ok in rows:
             if ok:
                 locked.append(send_id)
                 customers[customer_id] += 1
@@ -273,9 +272,11 @@ class _Run:
         _outcomes_save([call.send for call in calls])
 
 
-_CUSTOMERS_SQL = sql("""
-SELECT id, customer_id FROM {send} WHERE id = ANY(%s::bigint[]) AND status = %s ORDER BY id
-""")
+# the lock call runs once per row returned (the select list is computed after the WHERE)
+_CUSTOMERS_TRY_LOCK_SQL = sql("""
+SELECT id, customer_id, {{lock}}
+  FROM {send} WHERE id = ANY(%s::bigint[]) AND status = %s ORDER BY id
+""").format(lock=inflight.lock_call("pg_try_advisory_lock", "customer_id"))
 
 
 # --- reading the chunk ----------------------------------------------------------------------
@@ -482,10 +483,8 @@ def _retry_or_fail(
     delay = max(random.uniform(0, ceiling), retry_after or 0.0)  # jitter, not a secret
     retry_at = now + timedelta(seconds=delay)
     if retry_at - send.due_at > send.journey.max_lateness:
-        send.status = Status.FAILED
-        send.reason = (f"failed: {problem}; a retry would be later than the step's max lateness")[
-            :500
-        ]
+        late = "; a retry would be later than the step's max lateness"
+        send.status, send.reason = Status.FAILED, f"failed: {problem[: 500 - len(late) - 8]}{late}"
         return
     next_try = f" (next try at {iso_utc(retry_at)})"
     send.reason = f"retrying after {problem[: 500 - len(next_try) - 15]}{next_try}"
@@ -513,13 +512,12 @@ def _call_prepare(send: ScheduledSend, now: datetime, exit_event: Event | None) 
         send.segments = sms_segments(send.body)
     if context["discount"]:
         send.discount_expires_at = context["discount"]["expires_at"]
+    send.attempts += 1
     try:
         channel = get_channel(send.channel)
     except ChannelError as exc:
-        send.attempts += 1
         _retry_or_fail(send, now, f"provider error: {exc}", retryable=exc.retryable)
         return None
-    send.attempts += 1
     send.call_started_at = now
     send.provider = provider_name(channel)
     message = OutgoingMessage(

@@ -23,29 +23,29 @@ from __future__ import annotations
 from django.db import connection
 
 NAMESPACE = 20053  # 0x4E55, "NU": the first key of every lock here
-# The second key: the customer id modulo 2**31 - 1, as the int advisory locks take.
-_KEY = "20053, mod({column}, 2147483647)::int"
+
+
+def lock_call(function: str, column: str) -> str:
+    """`function(namespace, key)` for the customer id SQL expression `column`: the key is the
+    id modulo 2**31 - 1, as the int advisory locks take. `column` is a column name of our
+    own statements, never input."""
+    return f"{function}({NAMESPACE}, mod({column}, 2147483647)::int)"
 
 
 def wait_clause(column: str) -> str:
-    """A shared transaction lock of the customer whose id is the SQL expression `column`,
-    as a WHERE condition: the subquery keeps the (volatile) lock call from being optimised
-    away, and it is evaluated before the row it filters is locked (LockRows sits above
-    the scan). `column` is a column name of our own statements, never input."""
-    lock = "pg_advisory_xact_lock_shared(" + _KEY.format(column=column) + ")"
-    return "(SELECT count(*) FROM (SELECT " + lock + ") w) = 1"  # noqa: S608 (no input)
+    """A shared transaction lock of the customer `column`, as a WHERE condition: the
+    subquery keeps the (volatile) lock call from being optimised away, and it is evaluated
+    before the row it filters is locked (LockRows sits above the scan)."""
+    lock = lock_call("pg_advisory_xact_lock_shared", column)
+    return f"(SELECT count(*) FROM (SELECT {lock}) w) = 1"  # noqa: S608 (no input)
 
 
 _AWAIT_SQL = (
-    "SELECT count(pg_advisory_xact_lock_shared(20053, mod(c, 2147483647)::int)) "
+    f"SELECT count({lock_call('pg_advisory_xact_lock_shared', 'c')}) "  # noqa: S608 (no input)
     "FROM unnest(%s::bigint[]) AS c"
 )
-_TRY_SQL = (
-    "SELECT pg_try_advisory_lock(20053, mod(c, 2147483647)::int) "
-    "FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(c, n) ORDER BY n"
-)
 _UNLOCK_SQL = (
-    "SELECT count(pg_advisory_unlock(20053, mod(c, 2147483647)::int)) "
+    f"SELECT count({lock_call('pg_advisory_unlock', 'c')}) "  # noqa: S608 (no input)
     "FROM unnest(%s::bigint[]) AS c"
 )
 
@@ -59,15 +59,8 @@ def customers_await_calls(customer_ids: list[int]) -> None:
         cursor.execute(_AWAIT_SQL, [sorted(set(customer_ids))])
 
 
-def customers_try_lock(customer_ids: list[int]) -> list[bool]:
-    """Take this session's exclusive lock of each customer (one entry per id, repeats
-    counted: unlock as many times); whether each was taken."""
-    with connection.cursor() as cursor:
-        cursor.execute(_TRY_SQL, [customer_ids])
-        return [bool(taken) for (taken,) in cursor.fetchall()]
-
-
 def customers_unlock(customer_ids: list[int]) -> None:
+    """Release this session's customer locks, once per id (repeats counted)."""
     if customer_ids:
         with connection.cursor() as cursor:
             cursor.execute(_UNLOCK_SQL, [customer_ids])
