@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import environ
 
-from nudge.conf import DEFAULTS
+from nudge.conf import DEFAULTS, provider_rates_parse
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -353,6 +353,23 @@ NUDGE_EMAIL_MAX_CONNECTIONS = env.int(
 )
 NUDGE_DISPATCH_INFLIGHT = env.int(
     "NUDGE_DISPATCH_INFLIGHT", default=DEFAULTS["NUDGE_DISPATCH_INFLIGHT"]
+)
+# Provider gates, across every worker and machine: NUDGE_PROVIDER_RATES="twilio=100,http=50"
+# (calls/s per provider name, as the admin's Providers page and a send's `provider` show it);
+# a circuit opens after NUDGE_CIRCUIT_FAILURES transient failures in a row.
+NUDGE_PROVIDER_RATES = provider_rates_parse(env.str("NUDGE_PROVIDER_RATES", default=""))
+NUDGE_PROVIDER_RATE_HORIZON_SECONDS = env.float(
+    "NUDGE_PROVIDER_RATE_HORIZON_SECONDS",
+    default=DEFAULTS["NUDGE_PROVIDER_RATE_HORIZON_SECONDS"],
+)
+NUDGE_CIRCUIT_FAILURES = env.int(
+    "NUDGE_CIRCUIT_FAILURES", default=DEFAULTS["NUDGE_CIRCUIT_FAILURES"]
+)
+NUDGE_CIRCUIT_OPEN_SECONDS = env.float(
+    "NUDGE_CIRCUIT_OPEN_SECONDS", default=DEFAULTS["NUDGE_CIRCUIT_OPEN_SECONDS"]
+)
+NUDGE_CIRCUIT_MAX_OPEN_SECONDS = env.float(
+    "NUDGE_CIRCUIT_MAX_OPEN_SECONDS", default=DEFAULTS["NUDGE_CIRCUIT_MAX_OPEN_SECONDS"]
 )
 # Stored events are applied to journeys (enrolments) by the messaging workers: the ticker
 # hands them out in tasks of this many ids, and hands an event out again when its worker has

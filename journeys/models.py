@@ -221,3 +221,30 @@ class ScheduledSend(models.Model):
 
     def __str__(self) -> str:
         return f"{self.journey.slug}#{self.step_position} to {self.customer} ({self.status})"
+
+
+class ProviderState(models.Model):
+    """One row per provider (a channel backend's `provider` name): what every dispatching
+    worker on every machine shares about it (services.providers).
+
+    - `next_at`: the rate limit's next free slot (GCRA: each call takes 1/rate seconds).
+    - The circuit breaker: `failures` in a row; `open_until` set while the provider is left
+      alone (its sends wait, costing no attempt), since `opened_at`; `opens` in a row, which
+      doubles the time it stays open.
+    """
+
+    name = models.CharField(max_length=32, primary_key=True)
+    next_at = models.DateTimeField(null=True, blank=True)
+    failures = models.PositiveIntegerField(default=0)
+    open_until = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    opens = models.PositiveSmallIntegerField(default=0)
+    last_error = models.CharField(max_length=500, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "provider"
+
+    def __str__(self) -> str:
+        return self.name

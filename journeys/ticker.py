@@ -84,16 +84,19 @@ def tick() -> int:
         if events:
             enqueue_apply(events)
             handed_out += len(events)
-    recovered = services.scheduled_sends_recover(
-        lease=timedelta(seconds=settings.NUDGE_SEND_LEASE_SECONDS),
-        limit=settings.NUDGE_CLAIM_BATCH,
-    )
-    if recovered:
-        logger.warning(
-            "ticker: handing out %d sends again after their lease ran out", len(recovered)
+    # sends whose retry or gate wait is over, and those a lost worker left: every one whose
+    # lease has run out (a provider back after an outage lets thousands go at once)
+    while True:
+        recovered = services.scheduled_sends_recover(
+            lease=timedelta(seconds=settings.NUDGE_SEND_LEASE_SECONDS),
+            limit=settings.NUDGE_CLAIM_BATCH,
         )
-        enqueue_dispatch(recovered)
-        handed_out += len(recovered)
+        if recovered:
+            logger.info("ticker: handing out %d sends again as their lease ran out", len(recovered))
+            enqueue_dispatch(recovered)
+            handed_out += len(recovered)
+        if len(recovered) < settings.NUDGE_CLAIM_BATCH:
+            break
     while True:
         claimed = services.scheduled_sends_claim_due(limit=settings.NUDGE_CLAIM_BATCH)
         if claimed:

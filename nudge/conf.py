@@ -57,6 +57,13 @@ DEFAULTS: dict[str, Any] = {
     "NUDGE_SEND_RETRY_MAX_SECONDS": 300.0,
     # provider calls in flight at once per dispatching worker process
     "NUDGE_DISPATCH_INFLIGHT": 64,
+    # provider gates (journeys.services.providers): calls/s per provider name, shared by every
+    # worker ({} or a missing name: no limit), and the circuit breaker
+    "NUDGE_PROVIDER_RATES": {},
+    "NUDGE_PROVIDER_RATE_HORIZON_SECONDS": 1.0,
+    "NUDGE_CIRCUIT_FAILURES": 10,
+    "NUDGE_CIRCUIT_OPEN_SECONDS": 5.0,
+    "NUDGE_CIRCUIT_MAX_OPEN_SECONDS": 60.0,
     "NUDGE_APPLY_CHUNK": 50,
     "NUDGE_APPLY_LEASE_SECONDS": 120,
     "NUDGE_APPLY_QUEUE_LIMIT": 20,
@@ -92,3 +99,25 @@ def messaging_cluster() -> str:
         return str(settings.NUDGE_MESSAGING_CLUSTER)
     q_cluster = getattr(settings, "Q_CLUSTER", {})
     return str(q_cluster.get("cluster_name") or q_cluster.get("name") or "default")
+
+
+def provider_rates_parse(text: str) -> dict[str, float]:
+    """NUDGE_PROVIDER_RATES from the environment: `twilio=100,http=50` (or `;` between the
+    pairs), calls per second per provider name. ValueError names what is wrong."""
+    rates: dict[str, float] = {}
+    for pair in text.replace(";", ",").split(","):
+        if not pair.strip():
+            continue
+        name, equals, value = pair.partition("=")
+        name = name.strip()
+        try:
+            rate = float(value) if equals and name else float("nan")
+        except ValueError:
+            rate = float("nan")
+        if not rate > 0 or rate == float("inf"):
+            raise ValueError(
+                f"NUDGE_PROVIDER_RATES: {pair.strip()!r} is not name=calls_per_second "
+                "(a number above 0), as in twilio=100,http=50"
+            )
+        rates[name] = rate
+    return rates

@@ -34,14 +34,22 @@ class OutgoingMessage:
 class ChannelError(Exception):
     """The provider refused or failed; `retryable` says whether trying again may help, and
     `retry_after` (seconds) when the provider said how long to wait (Retry-After): dispatch
-    then hands the send out again no sooner than that."""
+    then hands the send out again no sooner than that. `throttled` when the provider said
+    too many requests (429): then every worker holds its calls to that provider for the
+    Retry-After (services.providers)."""
 
     def __init__(
-        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
+        throttled: bool = False,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.throttled = throttled
 
 
 class Channel(Protocol):

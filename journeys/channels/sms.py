@@ -263,7 +263,9 @@ class HttpBackend:
         problem = f"SMS provider answered {status}: {_provider_message(response)}"
         if status in (408, 429) or status >= 500:
             raise ChannelError(
-                problem, retry_after=_retry_after(response.headers.get("Retry-After"))
+                problem,
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+                throttled=status == 429,
             )
         if 400 <= status < 500:
             raise ChannelError(problem, retryable=False)
@@ -321,7 +323,9 @@ class TwilioBackend:
 def _twilio_error(status: int, code: int | None, text: str) -> ChannelError:
     """429 and 5xx are transient; any other status (21211, invalid "To") is permanent."""
     retryable = status == 429 or status >= 500
-    return ChannelError(f"Twilio {status} (code {code}): {text}", retryable=retryable)
+    return ChannelError(
+        f"Twilio {status} (code {code}): {text}", retryable=retryable, throttled=status == 429
+    )
 
 
 # --- the URL --------------------------------------------------------------------------------

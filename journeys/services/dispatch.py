@@ -47,7 +47,7 @@ from journeys.channels.sms import phone_normalise, sms_segments
 from journeys.durations import humanize
 from journeys.models import ScheduledSend
 from journeys.rendering import render
-from journeys.services import inflight
+from journeys.services import inflight, providers
 from journeys.services.exits import exit_event_first, exit_reason
 from journeys.sqlnames import sql
 from marketing.models import Cart, Channel, Customer, Event
@@ -97,12 +97,18 @@ class _Call:
     channel: ChannelBackend
     message: OutgoingMessage
     started_at: datetime
+    # when the provider's rate limit lets the call start (services.providers), if later
+    not_before: datetime | None = None
     provider_id: str = ""
     error: ChannelError | None = None
     unexpected: Exception | None = None
     seconds: float = 0.0
 
     def run(self) -> _Call:
+        if self.not_before is not None:
+            wait = (self.not_before - timezone.now()).total_seconds()
+            if wait > 0:
+                time.sleep(wait)
         started = time.perf_counter()
         try:
             self.provider_id = self.channel.send(self.message)
@@ -216,9 +222,11 @@ class _Run:
         to be made. Returns the calls, and the ids whose customer is locked elsewhere."""
         locked_elsewhere: list[int] = []
         locked: Counter[int] = Counter()
+        starts: dict[int, datetime] = {}
+        if lock_customers:
+            send_ids, locked_elsewhere, locked, channels = self._customers_lock(send_ids)
+            send_ids, starts = self._gates_pass(send_ids, channels)
         with transaction.atomic():
-            if lock_customers:
-                send_ids, locked_elsewhere, locked = self._customers_lock(send_ids)
             sends = _sends_lock(send_ids)
             _journeys_attach(sends)
             exits = _exit_events_for(sends)
@@ -234,6 +242,7 @@ class _Run:
                     _retry_or_fail(send, now, f"unexpected error: {exc!r}")
                     call = None
                 if call is not None:
+                    call.not_before = starts.get(send.pk)
                     calls.append(call)
                 else:
                     self.statuses[send.pk] = send.status
@@ -245,22 +254,57 @@ class _Run:
             self._release(list((locked - calling).elements()))
         return calls, locked_elsewhere
 
-    def _customers_lock(self, send_ids: list[int]) -> tuple[list[int], list[int], Counter[int]]:
+    def _customers_lock(
+        self, send_ids: list[int]
+    ) -> tuple[list[int], list[int], Counter[int], dict[int, tuple[str, int]]]:
         """Try the customer lock of each still-claimed send, in one statement; (ids locked,
-        ids whose customer is locked elsewhere, the locks taken by customer). Ids no longer
-        in flight are left out."""
+        ids whose customer is locked elsewhere, the locks taken by customer, the channel and
+        customer of each id locked). Ids no longer in flight are left out."""
         with connection.cursor() as cursor:
             cursor.execute(_CUSTOMERS_TRY_LOCK_SQL, [send_ids, Status.SENDING])
             rows = cursor.fetchall()
         locked, elsewhere, customers = [], [], Counter[int]()
-        for send_id, customer_id, ok in rows:
+        channels: dict[int, tuple[str, int]] = {}
+        for send_id, customer_id, channel, ok in rows:
             if ok:
                 locked.append(send_id)
                 customers[customer_id] += 1
+                channels[send_id] = (channel, customer_id)
             else:
                 elsewhere.append(send_id)
         self.held.update(customers)
-        return locked, elsewhere, customers
+        return locked, elsewhere, customers, channels
+
+    def _gates_pass(
+        self, send_ids: list[int], channels: dict[int, tuple[str, int]]
+    ) -> tuple[list[int], dict[int, datetime]]:
+        """Ask each provider's gates (services.providers) for its sends: returns the ids let
+        through with the moment each may start. The others wait in flight, costing no attempt,
+        until the moment their gate gave (their customers' locks released)."""
+        by_provider: dict[str, list[int]] = {}
+        for send_id in send_ids:
+            try:
+                name = provider_name(get_channel(channels[send_id][0]))
+            except ChannelError:
+                name = ""  # a misconfigured channel: its call fails, with the reason
+            by_provider.setdefault(name, []).append(send_id)
+        passed: list[int] = []
+        starts: dict[int, datetime] = {}
+        waiting: list[tuple[int, datetime, str]] = []
+        for name, ids in by_provider.items():
+            if not name:
+                passed += ids
+                continue
+            admission = providers.calls_admit(provider=name, count=len(ids))
+            granted = ids[: len(admission.starts)]
+            passed += granted
+            starts.update(zip(granted, admission.starts, strict=True))
+            rest = zip(ids[len(granted) :], admission.waits, strict=True)
+            waiting += [(send_id, when, admission.reason) for send_id, when in rest]
+        if waiting:
+            _sends_wait(waiting)
+            self._release([channels[send_id][1] for send_id, _, _ in waiting])
+        return sorted(passed), starts
 
     def _record(self, calls: list[_Call]) -> None:
         if not calls:
@@ -270,13 +314,67 @@ class _Run:
             _call_outcome(call, now)
             self.statuses[call.send.pk] = call.send.status
         _outcomes_save([call.send for call in calls])
+        _gates_tell(calls)
+
+
+# how long a 429 without Retry-After holds every call to its provider
+_THROTTLED_SECONDS = 1.0
+
+
+def _gates_tell(calls: list[_Call]) -> None:
+    """Tell each provider's gates how its calls went: successes, transient failures (the
+    earliest start among them), and how long a 429 asked every caller to wait."""
+    by_provider: dict[str, list[_Call]] = {}
+    for call in calls:
+        by_provider.setdefault(call.send.provider, []).append(call)
+    for name, returned in by_provider.items():
+        failed = [
+            c
+            for c in returned
+            if c.unexpected is not None or (c.error is not None and c.error.retryable)
+        ]
+        ok = sum(1 for c in returned if c.error is None and c.unexpected is None)
+        retry_after = max(
+            (
+                c.error.retry_after or _THROTTLED_SECONDS
+                for c in failed
+                if c.error is not None and c.error.throttled
+            ),
+            default=0.0,
+        )
+        providers.outcomes_record(
+            provider=name,
+            ok=ok,
+            failed=len(failed),
+            started_first=min((c.started_at for c in failed), default=None),
+            retry_after=retry_after or None,
+            error=str(failed[-1].error or failed[-1].unexpected) if failed else "",
+        )
 
 
 # the lock call runs once per row returned (the select list is computed after the WHERE)
 _CUSTOMERS_TRY_LOCK_SQL = sql("""
-SELECT id, customer_id, {{lock}}
+SELECT id, customer_id, channel, {{lock}}
   FROM {send} WHERE id = ANY(%s::bigint[]) AND status = %s ORDER BY id
 """).format(lock=inflight.lock_call("pg_try_advisory_lock", "customer_id"))
+
+
+# sends a provider's gate holds back: still in flight, their lease moved to end when they may
+# be tried again (the timer hands them out then), no attempt spent
+_WAIT_SQL = sql("""
+UPDATE {send} AS s
+   SET claimed_at = v.until - %s * interval '1 second', reason = v.reason, updated_at = now()
+  FROM unnest(%s::bigint[], %s::timestamptz[], %s::varchar[]) AS v(id, until, reason)
+ WHERE s.id = v.id AND s.status = {sending}
+""")
+
+
+def _sends_wait(waiting: list[tuple[int, datetime, str]]) -> None:
+    ids = [send_id for send_id, _, _ in waiting]
+    untils = [until for _, until, _ in waiting]
+    reasons = [f"{reason} (next try at {iso_utc(until)})"[:500] for _, until, reason in waiting]
+    with connection.cursor() as cursor:
+        cursor.execute(_WAIT_SQL, [settings.NUDGE_SEND_LEASE_SECONDS, ids, untils, reasons])
 
 
 # --- reading the chunk ----------------------------------------------------------------------
