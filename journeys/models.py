@@ -233,7 +233,7 @@ class ProviderState(models.Model):
       doubles the time it stays open.
     """
 
-    name = models.CharField(max_length=32, primary_key=True)
+    name = models.CharField(max_length=32)
     next_at = models.DateTimeField(null=True, blank=True)
     failures = models.PositiveIntegerField(default=0)
     open_until = models.DateTimeField(null=True, blank=True)
@@ -245,6 +245,9 @@ class ProviderState(models.Model):
     class Meta:
         ordering = ["name"]
         verbose_name = "provider"
+        # a constraint, not unique=True or a CharField primary key: see marketing.models on
+        # the LIKE index
+        constraints = [models.UniqueConstraint(fields=["name"], name="provider_state_name_unique")]
 
     def __str__(self) -> str:
         return self.name
