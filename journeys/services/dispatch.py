@@ -25,7 +25,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -63,6 +63,9 @@ Status = ScheduledSend.Status
 # many times, before the task leaves it to the next one (still claimed)
 _BUSY_RETRY_SECONDS = 0.05
 _BUSY_TRIES = 40
+# once a call returns, how long the others that return meanwhile are waited for, to record
+# them all in one statement (a payment waiting on one of these customers waits this much more)
+_GATHER_SECONDS = 0.01
 
 
 def scheduled_sends_dispatch_chunks(
@@ -202,10 +205,11 @@ class _Run:
                 break  # out of time: what is queued goes to the next task
             timeout = _BUSY_RETRY_SECONDS if busy or queue else None
             done, _ = wait(calls, timeout=timeout, return_when=FIRST_COMPLETED)
+            if done and len(done) < len(calls):
+                done, _ = wait(calls, timeout=_GATHER_SECONDS, return_when=ALL_COMPLETED)
             returned = [calls.pop(future) for future in done]
             if returned:
-                self._record(returned)
-                self._release([call.send.customer_id for call in returned])
+                self._record(returned, release=True)
         left = [send_id for send_id, _ in queue] + [send_id for _, send_id, _ in busy]
         left += given_up
         return self.statuses, left
@@ -214,6 +218,10 @@ class _Run:
         if not customer_ids:
             return
         inflight.customers_unlock(customer_ids)
+        self._forget(customer_ids)
+
+    def _forget(self, customer_ids: list[int]) -> None:
+        """Count these customers' locks as released."""
         self.held.subtract(customer_ids)
         self.held = +self.held
 
@@ -306,14 +314,19 @@ class _Run:
             self._release([channels[send_id][1] for send_id, _, _ in waiting])
         return sorted(passed), starts
 
-    def _record(self, calls: list[_Call]) -> None:
+    def _record(self, calls: list[_Call], *, release: bool = False) -> None:
+        """Save the outcomes of returned calls; with `release`, unlock their customers in the
+        same statement (one round trip and one commit for both)."""
         if not calls:
             return
         now = timezone.now()
         for call in calls:
             _call_outcome(call, now)
             self.statuses[call.send.pk] = call.send.status
-        _outcomes_save([call.send for call in calls])
+        customers = [call.send.customer_id for call in calls] if release else None
+        _outcomes_save([call.send for call in calls], unlock=customers)
+        if customers:
+            self._forget(customers)
         _gates_tell(calls)
 
 
@@ -699,17 +712,24 @@ UPDATE {send} AS s
 """)
 
 
-def _outcomes_save(sends: list[ScheduledSend]) -> None:
+_OUTCOMES_UNLOCK_SQL = f"{_OUTCOMES_SQL};\n{inflight.UNLOCK_SQL}"
+
+
+def _outcomes_save(sends: list[ScheduledSend], *, unlock: list[int] | None = None) -> None:
     """One UPDATE for the outcomes. On PostgreSQL it joins the rows to arrays of the new
     values (Django's bulk_update builds a CASE per field and row, and spent more time in
-    Python than the whole rest of the dispatch)."""
+    Python than the whole rest of the dispatch). `unlock`: customer locks to release in the
+    same round trip (PostgreSQL), once the UPDATE is done."""
     if not sends:
         return
     if connection.vendor != "postgresql":
         ScheduledSend.objects.bulk_update(sends, _DISPATCH_FIELDS)
         return
-    columns: list[list[Any]] = [[s.pk for s in sends]]
+    columns: list[Any] = [[s.pk for s in sends]]
     columns += [[getattr(s, name) for s in sends] for name in _DISPATCH_FIELDS[:-1]]
     columns.append([json.dumps(s.attempt_log) for s in sends])
     with connection.cursor() as cursor:
-        cursor.execute(_OUTCOMES_SQL, columns)
+        if unlock:
+            cursor.execute(_OUTCOMES_UNLOCK_SQL, [*columns, unlock])
+        else:
+            cursor.execute(_OUTCOMES_SQL, columns)

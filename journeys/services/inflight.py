@@ -2,8 +2,9 @@
 
 Dispatch keeps many provider calls in flight at once and holds no row lock across them.
 Instead it holds, on its own database session, one advisory lock per customer whose message
-is in flight (`pg_try_advisory_lock`, taken before the send is re-checked and released once
-its outcome is committed). Whatever must not race a message out — a payment's cancellation,
+is in flight (`pg_try_advisory_lock`, taken before the send is re-checked and released by
+the statement that saves its outcome: a waiter that then reaches the send's row waits on that
+UPDATE's row lock until it commits, and so always sees the outcome). Whatever must not race a message out — a payment's cancellation,
 a customer's opt-out — takes the same key shared for its transaction
 (`pg_advisory_xact_lock_shared`) before it touches the customer's sends, and so:
 
@@ -44,7 +45,7 @@ _AWAIT_SQL = (
     f"SELECT count({lock_call('pg_advisory_xact_lock_shared', 'c')}) "  # noqa: S608 (no input)
     "FROM unnest(%s::bigint[]) AS c"
 )
-_UNLOCK_SQL = (
+UNLOCK_SQL = (
     f"SELECT count({lock_call('pg_advisory_unlock', 'c')}) "  # noqa: S608 (no input)
     "FROM unnest(%s::bigint[]) AS c"
 )
@@ -63,4 +64,4 @@ def customers_unlock(customer_ids: list[int]) -> None:
     """Release this session's customer locks, once per id (repeats counted)."""
     if customer_ids:
         with connection.cursor() as cursor:
-            cursor.execute(_UNLOCK_SQL, [customer_ids])
+            cursor.execute(UNLOCK_SQL, [customer_ids])
