@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 
 from journeys import selectors, services
 from journeys.models import Enrollment, Journey, JourneyStep, ScheduledSend
+from journeys.services.redrive import scheduled_sends_redrive
 from journeys.specs import event_type_problem, step_problems
 from nudge.admin import LargeTableAdmin
 
@@ -249,7 +250,7 @@ class ScheduledSendAdmin(LargeTableAdmin):
     list_filter = ["status", "journey", "channel", "due_at"]
     search_fields = ["customer__external_id", "customer__email", "customer__phone", "discount_code"]
     list_select_related = ["journey", "customer"]
-    actions = ["cancel_sends"]
+    actions = ["cancel_sends", "retry_failed_sends"]
     readonly_fields = [f.name for f in ScheduledSend._meta.fields]
     list_per_page = 100
 
@@ -276,4 +277,30 @@ class ScheduledSendAdmin(LargeTableAdmin):
                 request,
                 f"{refused} send(s) already had an outcome and were left.",
                 messages.WARNING,
+            )
+
+    @admin.action(description="Retry the selected failed sends", permissions=["change"])
+    def retry_failed_sends(self, request: HttpRequest, queryset: QuerySet[ScheduledSend]) -> None:
+        """The re-drive of `manage.py sends_retry` (services.redrive) for the ticked rows:
+        failed ones go back to pending, due now; the others are left as they are."""
+        result = scheduled_sends_redrive(
+            send_ids=list(queryset.values_list("pk", flat=True)),
+            by=f"{request.user.get_username()} in admin",
+        )
+        self.message_user(
+            request,
+            f"Re-queued {len(result.requeued)} failed send(s): they are due now, and dispatch "
+            "checks each again (exit, consent, journey on) before it goes out.",
+            messages.SUCCESS,
+        )
+        for why, count in result.refusals().items():
+            self.message_user(
+                request, f"{count} failed send(s) were left failed: {why}.", messages.WARNING
+            )
+        if result.not_failed:
+            self.message_user(
+                request,
+                f"{len(result.not_failed)} selected send(s) were not failed and were left as "
+                "they are.",
+                messages.INFO,
             )
