@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 
 from django.db import connection
 
-# One statement per chunk: customers, one enrolment each, one pending email send each.
+# One statement per chunk: customers, one enrolment each, one pending send each (email unless
+# told otherwise).
 # The trigger occurred an hour ago, so any payment of these customers "now" exits them.
 _SENDS_SQL = """
 WITH c AS (
@@ -28,7 +29,7 @@ INSERT INTO journeys_scheduledsend (
     enrollment_id, journey_id, step_id, step_position, customer_id, channel,
     trigger_occurred_at, due_at, dedupe_key, status, reason, attempts, recipient, subject,
     body, provider_message_id, created_at, updated_at)
-SELECT e.id, %(journey)s, %(step)s, 0, e.customer_id, 'email', now() - interval '1 hour',
+SELECT e.id, %(journey)s, %(step)s, 0, e.customer_id, %(channel)s, now() - interval '1 hour',
        %(due)s::timestamptz
          + (row_number() OVER (ORDER BY e.id) - 1) * %(spacing)s * interval '1 second',
        'bench:' || e.customer_id, 'pending', '', 0, '', '', '', '', now(), now()
@@ -46,6 +47,7 @@ def sends_create(
     spacing_s: float = 0.0,
     start: int = 1,
     chunk: int = 100_000,
+    channel: str = "email",
 ) -> float:
     """`count` customers named <prefix><start>, <prefix><start + 1>, ..., each with one pending
     send; the k-th (from 0) is due at `due` + k * spacing_s. Returns the seconds it took."""
@@ -63,6 +65,7 @@ def sends_create(
                     "step": step_id,
                     "due": due + timedelta(seconds=(first - start) * spacing_s),
                     "spacing": spacing_s,
+                    "channel": channel,
                 },
             )
     return time.monotonic() - started

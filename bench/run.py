@@ -53,6 +53,7 @@ def log(message: str) -> None:
 # phases (less noise) for the figures committed in bench/RESULTS.md.
 QUICK: dict[str, float] = {
     "sends": 2_000,
+    "provider_sends": 5_000,
     "steady_seconds": 3.0,
     "ingest_seconds": 3.0,
     "apply_seconds": 3.0,
@@ -60,6 +61,7 @@ QUICK: dict[str, float] = {
 }
 THOROUGH: dict[str, float] = {
     "sends": 10_000,
+    "provider_sends": 20_000,
     "steady_seconds": 10.0,
     "ingest_seconds": 6.0,
     "apply_seconds": 8.0,
@@ -129,6 +131,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"({QUICK['media_images']}; issue 5: 500)",
     )
     parser.add_argument("--skip-media", action="store_true", help="no media scenario (nan)")
+    parser.add_argument(
+        "--provider-sends",
+        type=int,
+        help=f"SMS due at once through the fake provider ({QUICK['provider_sends']})",
+    )
+    parser.add_argument(
+        "--provider-latency-ms", type=float, default=100.0, help="the fake provider's answer time"
+    )
+    parser.add_argument(
+        "--provider-outage-seconds",
+        type=float,
+        default=30.0,
+        help="the fake provider answers 503 to everything this long, mid-stream",
+    )
+    parser.add_argument(
+        "--outage-rate", type=float, default=200.0, help="sends/s of the outage stream"
+    )
+    parser.add_argument("--skip-provider", action="store_true", help="no provider scenario (nan)")
     parser.add_argument("--keep", metavar="DIR", help="keep process logs in DIR")
     args = parser.parse_args(argv)
     for name, quick in QUICK.items():
@@ -393,13 +413,15 @@ def raw_claim_limit(n: int, journey: Any, step: Any, tag: str) -> float:
 # --- scenario: dispatch through the real cluster ---------------------------------------------
 
 
-def start_engine(procs: Processes, settings_module: str = "bench.settings") -> list[int]:
+def start_engine(
+    procs: Processes, settings_module: str = "bench.settings", **env: str
+) -> list[int]:
     cluster = procs.start(
-        "qcluster", [PY, "manage.py", "qcluster"], DJANGO_SETTINGS_MODULE=settings_module
+        "qcluster", [PY, "manage.py", "qcluster"], DJANGO_SETTINGS_MODULE=settings_module, **env
     )
     roots = [cluster.pid]
     if settings_module == "bench.settings":
-        roots.append(procs.start("ticker", [PY, "manage.py", "nudge_ticker"]).pid)
+        roots.append(procs.start("ticker", [PY, "manage.py", "nudge_ticker"], **env).pid)
     wait_for_forks(cluster.pid)
     procs.check_alive()
     return roots
@@ -445,7 +467,13 @@ def dispatch_burst(
 
 
 def dispatch_steady(
-    rate: float, seconds: float, journey: Any, step: Any, tag: str, procs: Processes
+    rate: float,
+    seconds: float,
+    journey: Any,
+    step: Any,
+    tag: str,
+    procs: Processes,
+    channel: str = "email",
 ) -> dict[str, float]:
     """Sends becoming due one after another (no burst): the lateness a customer sees."""
     from bench import data
@@ -460,6 +488,7 @@ def dispatch_steady(
         step_id=step.pk,
         due=due,
         spacing_s=1 / rate,
+        channel=channel,
     )
     last = max_send_id()
     wait_until_decided(first, last, timeout=seconds + 600, procs=procs)
@@ -972,7 +1001,7 @@ def main(argv: list[str] | None = None) -> None:
     django.setup()
     from django.core.management import call_command
 
-    from bench import media
+    from bench import media, provider
     from journeys import services
     from journeys.models import Journey
 
@@ -1018,6 +1047,10 @@ def main(argv: list[str] | None = None) -> None:
             media_figures = media.run(args, journey, step, f"{RUN}media", Processes(logs))
         sent, calls = verify_exactly_once(work / "calls", first_id)
         log(f"verified: {sent} sends sent, {calls} provider calls, each exactly once")
+        provider_figures = None
+        if not args.skip_provider:
+            # after the null-provider checks: its SMS reach the fake provider's calls file
+            provider_figures = provider.run(args, median(large["rate"]), f"{RUN}prov", work, logs)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -1109,6 +1142,12 @@ def main(argv: list[str] | None = None) -> None:
     for name, small_value, large_value in rows:
         cells = [v if isinstance(v, str) else fmt(v) for v in (small_value, large_value)]
         print(f"| {name} | {cells[0]} | {cells[1]} |")
+    if provider_figures:
+        print()
+        print(f"| provider scenario ({args.pending:,} pending, one run) | |")
+        print("| --- | ---: |")
+        for name, value in provider.table_rows(provider_figures):
+            print(f"| {name} | {value} |")
     if media_figures:
         print()
         print(f"| media scenario ({args.pending:,} pending, one run) | |")
@@ -1138,6 +1177,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"BENCH flat dispatch_ratio={fmt(dispatch_flat)} ingest_ratio={fmt(ingest_flat)}")
     print(f"BENCH memory worker_peak_rss_mb={fmt(max(m['rss_mb'], s.get('rss_mb', 0)))}")
     print(media.bench_line(media_figures, 0 if args.skip_media else args.media_images))
+    print(provider.bench_line(provider_figures))
 
 
 def _triple(figures: dict[str, float], kind: str) -> str:
