@@ -4,9 +4,9 @@ Dispatch keeps many provider calls in flight at once and holds no row lock acros
 Instead it holds, on its own database session, one advisory lock per customer whose message
 is in flight (`pg_try_advisory_lock`, taken before the send is re-checked and released by
 the statement that saves its outcome: a waiter that then reaches the send's row waits on that
-UPDATE's row lock until it commits, and so always sees the outcome). Whatever must not race a message out — a payment's cancellation,
-a customer's opt-out — takes the same key shared for its transaction
-(`pg_advisory_xact_lock_shared`) before it touches the customer's sends, and so:
+UPDATE's row lock until it commits, and so always sees the outcome). Whatever must not race
+a message out — a payment's cancellation, a customer's opt-out — takes the same key shared
+for its transaction (`pg_advisory_xact_lock_shared`) before it touches the customer's sends, and so:
 
 - waits for that one call at most when the customer has a message in flight, and for
   nothing otherwise (a chunk being dispatched holds no lock of other customers);

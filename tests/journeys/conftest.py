@@ -9,7 +9,9 @@ from django_q.brokers import get_broker
 from django_q.signing import SignedPackage
 
 from journeys import services
-from journeys.models import ScheduledSend
+from journeys.models import Journey, ScheduledSend
+from journeys.selectors import known_event_types
+from journeys.specs import journey_spec_parse
 from marketing.models import Event
 from marketing.services import IngestResult, event_ingest
 from marketing.validation import event_validate
@@ -22,6 +24,32 @@ def iso(moment: datetime) -> str:
 
 def minutes_ago(minutes: float) -> datetime:
     return timezone.now() - timedelta(minutes=minutes)
+
+
+def make_journey(**overrides: Any) -> Journey:
+    """A one-step email journey on checkout_started that a payment exits, saved through the
+    journeys-as-code service; `overrides` replace the spec's top-level keys."""
+    spec = {
+        "slug": "j",
+        "name": "J",
+        "trigger": "checkout_started",
+        "exit_on": ["payment_finished"],
+        "dedupe": "first",
+        "reentry": "every",
+        "max_lateness": "PT2H",
+        "steps": [
+            {
+                "delay": "PT10M",
+                "channel": "email",
+                "template": {"subject": "Hi", "body": "{{ cart.checkout_url }}"},
+            }
+        ],
+        **overrides,
+    }
+    parsed, errors = journey_spec_parse(spec, known_types=known_event_types())
+    assert not errors, errors
+    journey, _ = services.journey_save_spec(spec=parsed)
+    return journey
 
 
 def make_event(

@@ -10,36 +10,17 @@ from django.utils import timezone
 from journeys import services
 from journeys.channels import ChannelError, OutgoingMessage
 from journeys.models import Journey, ScheduledSend
-from journeys.selectors import known_event_types
-from journeys.specs import journey_spec_parse
-from tests.journeys.conftest import dispatch_due, ingest, make_event, minutes_ago, sends
+from tests.journeys.conftest import (
+    dispatch_due,
+    ingest,
+    make_event,
+    make_journey,
+    minutes_ago,
+    sends,
+)
 
 pytestmark = pytest.mark.django_db
 Status = ScheduledSend.Status
-
-
-def make_journey(**overrides):
-    spec = {
-        "slug": "j",
-        "name": "J",
-        "trigger": "checkout_started",
-        "exit_on": ["payment_finished"],
-        "dedupe": "first",
-        "reentry": "every",
-        "max_lateness": "PT2H",
-        "steps": [
-            {
-                "delay": "PT10M",
-                "channel": "email",
-                "template": {"subject": "Hi", "body": "{{ cart.checkout_url }}"},
-            }
-        ],
-        **overrides,
-    }
-    parsed, errors = journey_spec_parse(spec, known_types=known_event_types())
-    assert not errors
-    journey, _ = services.journey_save_spec(spec=parsed)
-    return journey
 
 
 class FlakyChannel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -14,10 +15,9 @@ from django.utils import timezone
 
 from journeys import services
 from journeys.channels import ChannelError, OutgoingMessage, get_channel
-from journeys.models import ScheduledSend
-from journeys.selectors import known_event_types
-from journeys.specs import journey_spec_parse
+from journeys.models import Journey, ScheduledSend
 from tests.journeys.conftest import dispatch_due, ingest, make_event, minutes_ago, sends
+from tests.journeys.conftest import make_journey as make_journey_j
 
 pytestmark = pytest.mark.django_db
 Status = ScheduledSend.Status
@@ -31,28 +31,8 @@ class RefusingChannel:
         raise ChannelError("mailbox unavailable", retryable=False)
 
 
-def make_journey(**overrides):
-    spec = {
-        "slug": "cart",
-        "name": "Cart",
-        "trigger": "checkout_started",
-        "exit_on": ["payment_finished"],
-        "dedupe": "first",
-        "reentry": "every",
-        "max_lateness": "PT2H",
-        "steps": [
-            {
-                "delay": "PT10M",
-                "channel": "email",
-                "template": {"subject": "Your cart", "body": "{{ cart.checkout_url }}"},
-            }
-        ],
-        **overrides,
-    }
-    parsed, errors = journey_spec_parse(spec, known_types=known_event_types())
-    assert not errors
-    journey, _ = services.journey_save_spec(spec=parsed)
-    return journey
+def make_journey(**overrides: Any) -> Journey:
+    return make_journey_j(**{"slug": "cart", "name": "Cart", **overrides})
 
 
 @pytest.fixture
