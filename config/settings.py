@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
+    "anymail",
     "nudge",
     "marketing",
     "journeys",
@@ -304,6 +305,19 @@ NUDGE_CHANNELS = {
 # (see journeys.channels.sms and the README); the generic https backend signs with the secret.
 NUDGE_SMS_URL = env.str("NUDGE_SMS_URL", default=DEFAULTS["NUDGE_SMS_URL"])
 NUDGE_SMS_HTTP_SECRET = env.str("NUDGE_SMS_HTTP_SECRET", default=DEFAULTS["NUDGE_SMS_HTTP_SECRET"])
+# Twilio status callbacks on each message (true/false; unset: true when NUDGE_PUBLIC_URL is
+# https). Inbound and status webhooks are verified with the auth token of NUDGE_SMS_URL.
+NUDGE_TWILIO_STATUS_CALLBACK = env.bool("NUDGE_TWILIO_STATUS_CALLBACK", default=None)
+# django-anymail, from every ANYMAIL_<NAME> variable: ANYMAIL_WEBHOOK_SECRET ("user:password",
+# the HTTP basic auth its tracking webhooks /api/anymail/<esp>/tracking/ require; several
+# comma-separated during a rotation) and the ESP's own (ANYMAIL_POSTMARK_SERVER_TOKEN, …).
+ANYMAIL: dict[str, object] = {
+    name.removeprefix("ANYMAIL_"): value
+    for name, value in os.environ.items()
+    if name.startswith("ANYMAIL_") and value
+}
+if isinstance(ANYMAIL.get("WEBHOOK_SECRET"), str):
+    ANYMAIL["WEBHOOK_SECRET"] = env.list("ANYMAIL_WEBHOOK_SECRET")
 # Event types a journey may use besides the built-in ones and those already received.
 NUDGE_EXTRA_EVENT_TYPES = env.list(
     "NUDGE_EXTRA_EVENT_TYPES", default=DEFAULTS["NUDGE_EXTRA_EVENT_TYPES"]

@@ -246,8 +246,18 @@ class JourneyAdmin(admin.ModelAdmin):
 
 @admin.register(ScheduledSend)
 class ScheduledSendAdmin(LargeTableAdmin):
-    list_display = ["id", "journey", "customer", "channel", "status", "reason", "due_at", "sent_at"]
-    list_filter = ["status", "journey", "channel", "due_at"]
+    list_display = [
+        "id",
+        "journey",
+        "customer",
+        "channel",
+        "status",
+        "reason",
+        "due_at",
+        "sent_at",
+        "delivery_status",
+    ]
+    list_filter = ["status", "delivery_status", "journey", "channel", "due_at"]
     search_fields = ["customer__external_id", "customer__email", "customer__phone", "discount_code"]
     list_select_related = ["journey", "customer"]
     actions = ["cancel_sends", "retry_failed_sends"]

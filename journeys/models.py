@@ -142,6 +142,16 @@ class ScheduledSend(models.Model):
         SKIPPED = "skipped", "skipped"
         FAILED = "failed", "failed"
 
+    class DeliveryStatus(models.TextChoices):
+        """What the provider said happened after it took the message (services.feedback)."""
+
+        DELIVERED = "delivered", "delivered"
+        BOUNCED = "bounced", "bounced"
+        COMPLAINED = "complained", "complained"
+        UNSUBSCRIBED = "unsubscribed", "unsubscribed"
+        UNDELIVERED = "undelivered", "undelivered"
+        FAILED = "failed", "failed"
+
     ACTIVE = (Status.PENDING, Status.SENDING)
 
     # PROTECT towards the journey, its enrolment and the customer: deleting any of them must
@@ -187,6 +197,13 @@ class ScheduledSend(models.Model):
     # again with it set may have been accepted already (an ambiguous retry, counted here).
     call_started_at = models.DateTimeField(null=True, blank=True)
     ambiguous_retries = models.PositiveSmallIntegerField(default=0, db_default=0)
+    # The provider's feedback after the call (services.feedback): ESP tracking webhooks,
+    # Twilio status callbacks; when it last changed (the provider's time) and its detail.
+    delivery_status = models.CharField(
+        max_length=16, choices=DeliveryStatus.choices, blank=True, db_default=""
+    )
+    delivery_updated_at = models.DateTimeField(null=True, blank=True)
+    delivery_detail = models.CharField(max_length=300, blank=True, db_default="")
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -217,6 +234,12 @@ class ScheduledSend(models.Model):
                 fields=["claimed_at"], condition=Q(status="sending"), name="send_in_flight"
             ),
             models.Index(fields=["journey", "status"], name="send_journey_status"),
+            # feedback finds its send by the provider's message id
+            models.Index(
+                fields=["provider_message_id"],
+                condition=~Q(provider_message_id=""),
+                name="send_provider_message_id",
+            ),
         ]
 
     def __str__(self) -> str:

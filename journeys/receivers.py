@@ -1,5 +1,6 @@
 """Journeys listen to marketing's `events_stored` and `customer_opted_out` (marketing never
-imports journeys), and to their own models' saves. Applying stored events is not a signal:
+imports journeys), to their own models' saves, and to django-anymail's `tracking` (an ESP's
+delivery feedback). Applying stored events is not a signal:
 journeys' ticker and task call marketing's verbs (services.applying)."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models.signals import post_delete, post_save
+from django.utils import timezone
 
 from journeys import selectors, services
 from journeys.models import Journey, JourneyStep
@@ -29,6 +31,36 @@ def await_dispatch_on_opt_out(
     services.scheduled_sends_await_dispatch(customer_id=customer.pk)
 
 
+# anymail's event types that move a send's delivery status ("deferred", a soft bounce, does
+# not; "rejected" by the ESP itself and "failed" are not deliveries and suppress nothing)
+_ANYMAIL_STATUSES = {
+    "delivered": "delivered",
+    "bounced": "bounced",
+    "complained": "complained",
+    "unsubscribed": "unsubscribed",
+    "rejected": "undelivered",
+    "failed": "failed",
+}
+
+
+def record_esp_tracking(sender: type, event: Any, esp_name: str, **kwargs: Any) -> None:
+    """An ESP's tracking event, already authenticated and parsed by anymail's webhook."""
+    status = _ANYMAIL_STATUSES.get(event.event_type)
+    if status is None:
+        return
+    metadata = event.metadata if isinstance(event.metadata, dict) else {}
+    send_id = str(metadata.get("nudge_send_id", ""))
+    detail = event.description or event.mta_response or event.reject_reason or ""
+    services.send_delivery_record(
+        provider=f"anymail.{sender.__module__.rpartition('.')[2]}",
+        provider_message_id=str(event.message_id or ""),
+        status=status,
+        detail=str(detail),
+        occurred_at=event.timestamp or timezone.now(),
+        send_id=int(send_id) if send_id.isdigit() else None,
+    )
+
+
 def forget_journeys(sender: type, **kwargs: Any) -> None:
     selectors.journeys_forget()
 
@@ -43,3 +75,8 @@ def connect() -> None:
     customer_opted_out.connect(
         await_dispatch_on_opt_out, sender=Customer, dispatch_uid="journeys-await-dispatch"
     )
+    try:
+        from anymail.signals import tracking
+    except ImportError:  # anymail is optional in a host project
+        return
+    tracking.connect(record_esp_tracking, dispatch_uid="journeys-esp-tracking")

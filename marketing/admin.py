@@ -11,7 +11,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from marketing import selectors, services
-from marketing.models import Cart, Customer, Event, Payment
+from marketing.models import Cart, Customer, Event, Payment, Suppression
 from nudge.admin import LargeTableAdmin
 
 
@@ -168,4 +168,21 @@ class EventAdmin(LargeTableAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    """Addresses suppressed by a hard bounce or a complaint (marketing.services.suppression).
+    Read-only here: an operator who deletes one lets sends to that address go out again."""
+
+    list_display = ["address", "channel", "reason", "detail", "created_at"]
+    list_filter = ["channel", "reason", "created_at"]
+    search_fields = ["address"]
+    readonly_fields = ["channel", "address", "reason", "detail", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

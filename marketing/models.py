@@ -24,6 +24,8 @@ class OptOutSource(models.TextChoices):
     """How a customer opted out themselves (the reason a skipped send gives)."""
 
     UNSUBSCRIBE_LINK = "unsubscribe_link", "unsubscribe link"
+    ESP_UNSUBSCRIBE = "esp_unsubscribe", "unsubscribe at the email provider"
+    SMS_REPLY = "sms_reply", "SMS reply"
 
 
 # Unique keys are constraints in Meta, not unique=True: on PostgreSQL unique=True on a
@@ -44,6 +46,11 @@ class Customer(models.Model):
     email_opted_out_at = models.DateTimeField(null=True, blank=True, editable=False)
     # db_default: the events' raw INSERTs (services.profiles) name only the profile's columns
     email_opted_out_via = models.CharField(
+        max_length=32, choices=OptOutSource.choices, blank=True, db_default="", editable=False
+    )
+    # The same for SMS: a STOP reply (marketing.services.consent.customer_sms_opt_out)
+    sms_opted_out_at = models.DateTimeField(null=True, blank=True, editable=False)
+    sms_opted_out_via = models.CharField(
         max_length=32, choices=OptOutSource.choices, blank=True, db_default="", editable=False
     )
     # occurred_at of the event that last set the profile: an older event arriving late
@@ -157,3 +164,31 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
+
+
+class Suppression(models.Model):
+    """An address no message goes to on that channel, after the provider said it bounced
+    for good or its owner complained (marketing.services.suppression). Dispatch skips every
+    send to it, whichever customer holds it."""
+
+    class Reason(models.TextChoices):
+        BOUNCED = "bounced", "hard bounce"
+        COMPLAINED = "complained", "spam complaint"
+
+    channel = models.CharField(max_length=8, choices=Channel.choices)
+    # an email lower-cased, a phone number in E.164
+    address = models.CharField(max_length=254)
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    detail = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "address"], name="suppression_unique_address"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.address} ({self.reason})"

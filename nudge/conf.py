@@ -35,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
     # or an http(s) URL speaking the generic JSON protocol, signed with NUDGE_SMS_HTTP_SECRET.
     "NUDGE_SMS_URL": "console:",
     "NUDGE_SMS_HTTP_SECRET": "",
+    # Twilio: ask for status callbacks (StatusCallback=NUDGE_PUBLIC_URL + nudge:twilio-status)
+    # on each message; None: yes when NUDGE_PUBLIC_URL is https (Twilio must reach it).
+    "NUDGE_TWILIO_STATUS_CALLBACK": None,
     # The From of every email (the Message-ID's domain is its domain).
     "NUDGE_EMAIL_FROM": "Nudge <nudge@localhost>",
     # open connections to the email backend per worker process (SMTP servers limit them)

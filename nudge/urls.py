@@ -1,7 +1,9 @@
 """The URLs a host project includes once: `path("nudge/", include("nudge.urls"))`.
 
 The API of marketing (signed events), journeys (scheduled sends) and media_tasks (images, when
-installed), and the customers' unsubscribe page (`unsubscribe/<token>/`). The OpenAPI schema of
+installed), the customers' unsubscribe page (`unsubscribe/<token>/`), the providers' webhooks
+(`twilio/status/`, `twilio/inbound/`, and anymail's `anymail/<esp>/tracking/` when "anymail"
+is in INSTALLED_APPS). The OpenAPI schema of
 these endpoints (`schema/`) is there when the project uses drf-spectacular as DRF's schema class
 (REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"): the views'
 `@extend_schema` is built on that class when they are imported. Its docs page (`docs/`) needs
@@ -57,7 +59,11 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("", include("marketing.api.urls")),
     path("", include("marketing.urls")),
     path("", include("journeys.api.urls")),
+    path("", include("journeys.webhook_urls")),
 ]
+if apps.is_installed("anymail"):
+    # the ESPs' tracking webhooks: anymail/<esp>/tracking/ (journeys.receivers listens)
+    urlpatterns.append(path("anymail/", include("anymail.urls")))
 if apps.is_installed("media_tasks"):
     urlpatterns.append(path("", include("media_tasks.api.urls")))
 if schema_available():

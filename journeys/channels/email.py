@@ -58,6 +58,9 @@ def email_build(message: OutgoingMessage) -> EmailMultiAlternatives:
         },
     )
     email.attach_alternative(email_html(subject=message.subject, body=message.body), "text/html")
+    if settings.EMAIL_BACKEND.startswith("anymail."):
+        # the ESP echoes it back in its tracking events (journeys.services.feedback)
+        email.metadata = {"nudge_send_id": str(message.send_id)}  # type: ignore[attr-defined]
     return email
 
 

@@ -326,13 +326,31 @@ class TwilioBackend:
         self.client = Client(account_sid, auth_token, http_client=http_client)
         self.client.api.base_url = base_url
         self.sender = sender
+        self._status_callback: dict[str, str] | None = None
+
+    def _callback(self) -> dict[str, str]:
+        """StatusCallback=<NUDGE_PUBLIC_URL>/…/twilio/status/ when NUDGE_TWILIO_STATUS_CALLBACK
+        is on (None: on when NUDGE_PUBLIC_URL is https), so Twilio reports deliveries."""
+        if self._status_callback is None:
+            from django.urls import reverse
+
+            public = str(settings.NUDGE_PUBLIC_URL or "").rstrip("/")
+            wanted = settings.NUDGE_TWILIO_STATUS_CALLBACK
+            if wanted is None:
+                wanted = public.startswith("https://")
+            self._status_callback = (
+                {"status_callback": public + reverse("nudge:twilio-status")}
+                if wanted and public
+                else {}
+            )
+        return self._status_callback
 
     def send(self, message: OutgoingMessage) -> str:
         from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 
         try:
             sent = self.client.messages.create(
-                to=message.recipient, body=message.body, **self.sender
+                to=message.recipient, body=message.body, **self.sender, **self._callback()
             )
         except TwilioRestException as exc:
             # exc.msg is "Unable to create record: <Twilio's message>"

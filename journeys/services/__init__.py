@@ -33,6 +33,7 @@ from journeys.services.exits import (
     events_exits_apply,
     scheduled_send_cancel_for_exit,
 )
+from journeys.services.feedback import send_delivery_record
 from journeys.services.journeys_as_code import (
     DEMO_JOURNEYS,
     ImportSummary,
@@ -75,4 +76,5 @@ __all__ = [
     "scheduled_sends_dispatch",
     "scheduled_sends_dispatch_chunks",
     "scheduled_sends_recover",
+    "send_delivery_record",
 ]

@@ -32,6 +32,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from journeys import selectors
@@ -50,9 +51,10 @@ from journeys.rendering import render
 from journeys.services import inflight, providers
 from journeys.services.exits import exit_event_first, exit_reason
 from journeys.sqlnames import sql
-from marketing.models import Cart, Channel, Customer, Event
+from marketing.models import Cart, Channel, Customer, Event, Suppression
 from marketing.services.canonical import iso_utc
 from marketing.services.consent import opted_out_reason, unsubscribe_headers, unsubscribe_url
+from marketing.services.suppression import suppressed_reason, suppression_address
 from nudge.db.rows import related_set, rows_as_instances, select_list
 
 logger = logging.getLogger(__name__)
@@ -238,11 +240,12 @@ class _Run:
             sends = _sends_lock(send_ids)
             _journeys_attach(sends)
             exits = _exit_events_for(sends)
+            suppressions = _suppressions_for(sends)
             now = timezone.now()
             calls: list[_Call] = []
             for send in sends:
                 try:
-                    call = _call_prepare(send, now, exits.get(send.pk))
+                    call = _call_prepare(send, now, exits.get(send.pk), suppressions.get(send.pk))
                 except Exception as exc:
                     # One bad row must not hold up the others: count it as an attempt
                     logger.exception("dispatch of send %s failed", send.pk)
@@ -490,14 +493,39 @@ def _exit_events_for(sends: list[ScheduledSend]) -> dict[int, Event]:
     return found
 
 
+def _suppressions_for(sends: list[ScheduledSend]) -> dict[int, Suppression]:
+    """For each send whose address is suppressed (a hard bounce, a complaint), its
+    suppression, by send id: one query for the whole chunk, none when it is empty."""
+    addresses: dict[int, tuple[str, str]] = {}
+    for send in sends:
+        try:
+            recipient = _recipient(send)
+        except ValueError:
+            continue  # refused as an invalid number anyway
+        if recipient:
+            addresses[send.pk] = (send.channel, suppression_address(send.channel, recipient))
+    if not addresses:
+        return {}
+    pairs = set(addresses.values())
+    where = Q()
+    for channel in {c for c, _ in pairs}:
+        where |= Q(channel=channel, address__in=[a for c, a in pairs if c == channel])
+    found = {(s.channel, s.address): s for s in Suppression.objects.filter(where)}
+    return {pk: found[pair] for pk, pair in addresses.items() if pair in found}
+
+
 # --- deciding and sending -------------------------------------------------------------------
 
 
 def _reason_not_to_send(
-    send: ScheduledSend, now: datetime, exit_event: Event | None
+    send: ScheduledSend,
+    now: datetime,
+    exit_event: Event | None,
+    suppression: Suppression | None = None,
 ) -> tuple[str, str] | None:
     """(status, reason) when the send must not go out; None when it may. `exit_event` is the
-    earliest exit event since the trigger (see _exit_events_for)."""
+    earliest exit event since the trigger (see _exit_events_for), `suppression` the
+    address's (see _suppressions_for)."""
     journey = send.journey
     if not journey.active:
         return Status.CANCELLED, "cancelled: journey deactivated"
@@ -515,6 +543,8 @@ def _reason_not_to_send(
     if not recipient:
         missing = "email address" if send.channel == Channel.EMAIL else "phone number"
         return Status.SKIPPED, f"no {missing}"
+    if suppression is not None:
+        return Status.SKIPPED, suppressed_reason(suppression)[:500]
     late = now - send.due_at
     if late > journey.max_lateness:
         return Status.SKIPPED, f"stale: {humanize(late)} late"
@@ -602,11 +632,16 @@ def _retry_or_fail(
     send.claimed_at = retry_at - timedelta(seconds=settings.NUDGE_SEND_LEASE_SECONDS)
 
 
-def _call_prepare(send: ScheduledSend, now: datetime, exit_event: Event | None) -> _Call | None:
+def _call_prepare(
+    send: ScheduledSend,
+    now: datetime,
+    exit_event: Event | None,
+    suppression: Suppression | None = None,
+) -> _Call | None:
     """Decide and render one locked row: None when it must not go out (its outcome fields
     are set), else the call to make (and the row marked as called: attempts,
     call_started_at, provider)."""
-    refusal = _reason_not_to_send(send, now, exit_event)
+    refusal = _reason_not_to_send(send, now, exit_event, suppression)
     if refusal is not None:
         send.status, send.reason = refusal
         return None

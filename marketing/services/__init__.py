@@ -26,6 +26,8 @@ from marketing.services.canonical import canonical_json, canonical_sha256
 from marketing.services.consent import (
     UnsubscribeTokenInvalid,
     customer_resubscribe,
+    customer_sms_opt_in,
+    customer_sms_opt_out,
     customer_unsubscribe,
     unsubscribe_headers,
     unsubscribe_token,
@@ -49,6 +51,7 @@ from marketing.services.outcomes import (
 )
 from marketing.services.profiles import customer_upsert
 from marketing.services.purchases import cart_upsert, payment_upsert
+from marketing.services.suppression import address_suppress, suppressed_reason
 
 __all__ = [
     "HOST_EVENT_FOR_MODEL",
@@ -60,10 +63,13 @@ __all__ = [
     "EventInvalid",
     "IngestResult",
     "UnsubscribeTokenInvalid",
+    "address_suppress",
     "canonical_json",
     "canonical_sha256",
     "cart_upsert",
     "customer_resubscribe",
+    "customer_sms_opt_in",
+    "customer_sms_opt_out",
     "customer_unsubscribe",
     "customer_upsert",
     "event_apply_failed",
@@ -82,6 +88,7 @@ __all__ = [
     "marketer_group_sync",
     "marketer_user_ensure",
     "payment_upsert",
+    "suppressed_reason",
     "unsubscribe_headers",
     "unsubscribe_token",
     "unsubscribe_token_read",

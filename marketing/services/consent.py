@@ -114,11 +114,46 @@ def customer_unsubscribe(
 
 def opted_out_reason(customer: Customer, channel: str, channel_label: str) -> str:
     """Why a send to an opted-out customer is skipped: "opted out of email (unsubscribe
-    link)" after their own opt-out, else "opted out of <channel_label>"."""
-    via = customer.email_opted_out_via if channel == Channel.EMAIL else ""
+    link)" or "opted out of SMS (SMS reply)" after their own opt-out, else "opted out of
+    <channel_label>"."""
+    via = customer.email_opted_out_via if channel == Channel.EMAIL else customer.sms_opted_out_via
     if via:
-        return f"opted out of email ({dict(OptOutSource.choices).get(via, via)})"
+        word = "email" if channel == Channel.EMAIL else "SMS"
+        return f"opted out of {word} ({dict(OptOutSource.choices).get(via, via)})"
     return f"opted out of {channel_label}"
+
+
+_SMS_OPT_OUT_FIELDS = ["consent_sms", "sms_opted_out_at", "sms_opted_out_via", "updated_at"]
+
+
+@transaction.atomic
+def customer_sms_opt_out(*, phone: str, source: str = OptOutSource.SMS_REPLY) -> list[Customer]:
+    """A STOP reply from `phone` (E.164): every customer with that number is opted out of SMS
+    (a repeat keeps the first time), and, as for the unsubscribe link, the transaction waits
+    for any call to them in flight (customer_opted_out). Returns those customers."""
+    customers = list(Customer.objects.select_for_update().filter(phone=phone).order_by("pk"))
+    now = timezone.now()
+    for customer in customers:
+        if customer.sms_opted_out_at is None or customer.consent_sms:
+            customer.consent_sms = False
+            customer.sms_opted_out_at = customer.sms_opted_out_at or now
+            customer.sms_opted_out_via = source
+            customer.save(update_fields=_SMS_OPT_OUT_FIELDS)
+        customer_opted_out.send(sender=Customer, customer=customer, channel=Channel.SMS)
+    return customers
+
+
+@transaction.atomic
+def customer_sms_opt_in(*, phone: str) -> list[Customer]:
+    """A START or UNSTOP reply from `phone` (E.164): every customer with that number is opted
+    back in to SMS, which also lets events set their SMS consent again."""
+    customers = list(Customer.objects.select_for_update().filter(phone=phone).order_by("pk"))
+    for customer in customers:
+        customer.consent_sms = True
+        customer.sms_opted_out_at = None
+        customer.sms_opted_out_via = ""
+        customer.save(update_fields=_SMS_OPT_OUT_FIELDS)
+    return customers
 
 
 @transaction.atomic

@@ -36,7 +36,7 @@ CUSTOMER_TABLE = table(Customer)
 # A profile field the customer's own opt-out holds (marketing.services.consent): while the
 # opt-out's column is set, no event changes the field (an event's consent.email=true does
 # not re-subscribe someone who clicked unsubscribe); only the customer's re-subscribe does.
-HELD_BY_OPT_OUT = {"consent_email": "email_opted_out_at"}
+HELD_BY_OPT_OUT = {"consent_email": "email_opted_out_at", "consent_sms": "sms_opted_out_at"}
 
 
 # (field, key, key inside it or None): Column.given, unrolled for the webhook's hot path.
