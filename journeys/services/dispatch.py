@@ -498,10 +498,10 @@ def _suppressions_for(sends: list[ScheduledSend]) -> dict[int, Suppression]:
     suppression, by send id: one query for the whole chunk, none when it is empty."""
     addresses: dict[int, tuple[str, str]] = {}
     for send in sends:
-        try:
-            recipient = _recipient(send)
-        except ValueError:
-            continue  # refused as an invalid number anyway
+        # the stored address, not _recipient(): a phone is stored E.164 (Customer.phone's
+        # validator), and parsing it again with phonenumbers here would double that cost
+        customer = send.customer
+        recipient = customer.email if send.channel == Channel.EMAIL else customer.phone
         if recipient:
             addresses[send.pk] = (send.channel, suppression_address(send.channel, recipient))
     if not addresses:
