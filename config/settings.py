@@ -45,9 +45,10 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    # before django_q: its `qcluster` command is Nudge's (nudge/cluster.py says why)
+    "nudge",
     "django_q",
     "anymail",
-    "nudge",
     "marketing",
     "journeys",
     "media_tasks",
@@ -185,6 +186,11 @@ REDIS_URL = env.str("REDIS_URL", default="")
 _broker: dict[str, object] = {"redis": REDIS_URL} if REDIS_URL else {"orm": "default"}
 
 Q_MESSAGING_TIMEOUT = env.int("Q_MESSAGING_TIMEOUT", default=DEFAULTS["Q_MESSAGING_TIMEOUT"])
+# SIGTERM/SIGINT to `manage.py qcluster`: busy workers get this long to finish (scripts/start.py
+# gives the Procfile's processes this plus 10 s before honcho kills them)
+NUDGE_SHUTDOWN_GRACE_SECONDS = env.float(
+    "NUDGE_SHUTDOWN_GRACE_SECONDS", default=DEFAULTS["NUDGE_SHUTDOWN_GRACE_SECONDS"]
+)
 Q_CLUSTER: dict[str, object] = {
     # "messaging" runs deadline-bound work (sends); "media" runs CPU-bound work with no
     # deadline. Start the media pool with Q_CLUSTER_NAME=media (see README, "Queues").

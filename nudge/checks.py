@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from django.apps import apps
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Warning, register
 
 # Nudge's packages, which are also its app labels.
 NUDGE_PACKAGES = ("nudge", "marketing", "journeys", "media_tasks")
@@ -74,7 +74,7 @@ def installation_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             problems.append(
                 Error(
                     f"'{name}' is missing from INSTALLED_APPS: Nudge needs it.",
-                    hint="INSTALLED_APPS += ['rest_framework', 'django_q', 'nudge', "
+                    hint="INSTALLED_APPS += ['rest_framework', 'nudge', 'django_q', "
                     "'marketing', 'journeys', 'media_tasks']",
                     id="nudge.E010",
                 )
@@ -94,3 +94,20 @@ def installation_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return problems
+
+
+@register()
+def cluster_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """`manage.py qcluster` is the first installed app's: Nudge's only when 'nudge' comes
+    before 'django_q' (nudge/cluster.py says why django-q2's own must not run the sends)."""
+    names = [config.name for config in apps.get_app_configs()]
+    if "nudge" in names and "django_q" in names and names.index("django_q") < names.index("nudge"):
+        return [
+            Warning(
+                "'django_q' comes before 'nudge' in INSTALLED_APPS, so `manage.py qcluster` "
+                "runs django-q2's own cluster, which a single killed worker can stall for good.",
+                hint="List 'nudge' before 'django_q' in INSTALLED_APPS.",
+                id="nudge.W020",
+            )
+        ]
+    return []

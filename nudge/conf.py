@@ -76,6 +76,9 @@ DEFAULTS: dict[str, Any] = {
     # cluster, Q_CLUSTER's cluster_name or name), and its task timeout.
     "NUDGE_MESSAGING_CLUSTER": None,
     "Q_MESSAGING_TIMEOUT": 60,
+    # `manage.py qcluster` (nudge.cluster): how long busy workers get to finish their task
+    # after SIGTERM/SIGINT before they are killed (their rows' leases bring the work back)
+    "NUDGE_SHUTDOWN_GRACE_SECONDS": 20,
     # --- media tasks (image compression on their own cluster)
     "NUDGE_MEDIA_CLUSTER": "media",
     "NUDGE_MEDIA_MAX_UPLOAD_BYTES": 25 * 1024 * 1024,

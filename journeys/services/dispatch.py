@@ -55,6 +55,7 @@ from marketing.models import Cart, Channel, Customer, Event, Suppression
 from marketing.services.canonical import iso_utc
 from marketing.services.consent import opted_out_reason, unsubscribe_headers, unsubscribe_url
 from marketing.services.suppression import suppressed_reason, suppression_address
+from nudge import shutdown
 from nudge.db.rows import related_set, rows_as_instances, select_list
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,10 @@ class _Run:
                 self._release(list(self.held.elements()))
 
     def _out_of_time(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
+        """A task's budget is spent, or its worker is stopping (the rest go to a new task)."""
+        return self.deadline is not None and (
+            time.monotonic() > self.deadline or shutdown.requested()
+        )
 
     def _run_serial(self, send_ids: list[int]) -> tuple[dict[int, str], list[int]]:
         for n, send_id in enumerate(send_ids):

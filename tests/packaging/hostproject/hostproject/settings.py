@@ -20,8 +20,8 @@ INSTALLED_APPS = [
     "shop",
     # Nudge
     "rest_framework",
-    "django_q",
     "nudge",
+    "django_q",
     "marketing",
     "journeys",
     "media_tasks",
