@@ -182,6 +182,31 @@ def _send(email: EmailMultiAlternatives, connection: BaseEmailBackend) -> None:
         raise error from exc
     if not sent:
         raise ChannelError("the email backend sent nothing", retryable=True)
+    refusal = _esp_refusal(email)
+    if refusal is not None:
+        raise refusal
+
+
+def _esp_refusal(email: EmailMultiAlternatives) -> ChannelError | None:
+    """An ESP's answer that anymail returns without raising: every recipient invalid or
+    rejected, or an error status whose body it could not match to a recipient (Postmark's
+    422 "Invalid 'To' address" without the address, say). Not a sent message."""
+    status = getattr(email, "anymail_status", None)
+    if status is None:
+        return None
+    statuses = set(getattr(status, "status", None) or ())
+    if statuses and statuses <= {"invalid", "rejected", "failed"}:
+        return ChannelError(
+            f"ESP refused the recipient: {', '.join(sorted(statuses))}", retryable=False
+        )
+    response = getattr(status, "esp_response", None)
+    code = getattr(response, "status_code", None)
+    if isinstance(code, int) and code >= 400:
+        text = str(getattr(response, "text", ""))[:500]
+        return ChannelError(
+            f"ESP error: HTTP {code}: {text}", retryable=code in (408, 429) or code >= 500
+        )
+    return None
 
 
 def _provider_message_id(email: EmailMultiAlternatives) -> str:
@@ -226,6 +251,9 @@ def _channel_error(exc: Exception, connection: BaseEmailBackend) -> ChannelError
     a refused or invalid recipient is permanent; an ESP's 408, 429 or 5xx (or no response at
     all) is transient, and its other 4xx permanent.
     """
+    esp_error = _anymail_error(exc)  # first: anymail's API errors are OSErrors (requests')
+    if esp_error is not None:
+        return esp_error
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         refusals = list(exc.recipients.items())
         codes = [code for _, (code, _) in refusals]
@@ -246,7 +274,7 @@ def _channel_error(exc: Exception, connection: BaseEmailBackend) -> ChannelError
         if host:
             where = f" ({host}:{port})"
         return ChannelError(f"mail server unreachable{where}: {exc or type(exc).__name__}")
-    return _anymail_error(exc)
+    return None
 
 
 def _anymail_error(exc: Exception) -> ChannelError | None:
