@@ -403,3 +403,12 @@ NUDGE_APPLY_LEASE_SECONDS = env.int(
 NUDGE_APPLY_QUEUE_LIMIT = env.int(
     "NUDGE_APPLY_QUEUE_LIMIT", default=DEFAULTS["NUDGE_APPLY_QUEUE_LIMIT"]
 )
+# The sweeper (journeys.reconcile, also `manage.py nudge_reconcile`): every
+# NUDGE_RECONCILE_MINUTES (0: no schedule) the messaging cluster hands out the sends and events
+# a ticker should have handed out NUDGE_RECONCILE_AFTER_SECONDS ago (none running?).
+NUDGE_RECONCILE_MINUTES = env.int(
+    "NUDGE_RECONCILE_MINUTES", default=DEFAULTS["NUDGE_RECONCILE_MINUTES"]
+)
+NUDGE_RECONCILE_AFTER_SECONDS = env.int(
+    "NUDGE_RECONCILE_AFTER_SECONDS", default=DEFAULTS["NUDGE_RECONCILE_AFTER_SECONDS"]
+)

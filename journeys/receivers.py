@@ -1,16 +1,19 @@
 """Journeys listen to marketing's `events_stored` and `customer_opted_out` (marketing never
-imports journeys), to their own models' saves, and to django-anymail's `tracking` (an ESP's
-delivery feedback). Applying stored events is not a signal:
-journeys' ticker and task call marketing's verbs (services.applying)."""
+imports journeys), to their own models' saves, to django-anymail's `tracking` (an ESP's
+delivery feedback) and to `post_migrate` (the sweeper's schedule). Applying stored events is
+not a signal: journeys' ticker and task call marketing's verbs (services.applying)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.db.models.signals import post_delete, post_save
+from django.apps import apps
+from django.db import connections
+from django.db.models.signals import post_delete, post_migrate, post_save
 from django.utils import timezone
+from django_q.models import Schedule
 
-from journeys import selectors, services
+from journeys import reconcile, selectors, services
 from journeys.models import Journey, JourneyStep
 from marketing.models import Customer, Event
 from marketing.signals import customer_opted_out, events_stored
@@ -65,7 +68,18 @@ def forget_journeys(sender: type, **kwargs: Any) -> None:
     selectors.journeys_forget()
 
 
+def ensure_reconcile_schedule(sender: Any, using: str, **kwargs: Any) -> None:
+    """After every `migrate` (on each deploy): the sweeper's schedule, exactly once."""
+    if Schedule._meta.db_table in connections[using].introspection.table_names():
+        reconcile.queues_reconcile_schedule_ensure(using=using)
+
+
 def connect() -> None:
+    post_migrate.connect(
+        ensure_reconcile_schedule,
+        sender=apps.get_app_config("journeys"),
+        dispatch_uid="journeys-reconcile-schedule",
+    )
     for model in (Journey, JourneyStep):
         for signal in (post_save, post_delete):
             signal.connect(

@@ -4,7 +4,16 @@ into tasks that apply them to journeys.
 The tables are the queues (a partial index on due_at of pending sends, one on the events not
 applied yet); the ticker only claims what is due, in batches, and enqueues chunks of ids. Any
 number of tickers may run on any number of machines (claims use FOR UPDATE SKIP LOCKED); one
-is enough for most sites.
+is enough for most sites. When none runs, the sweeper (journeys.reconcile, a django-q2
+schedule) hands out what was left behind.
+
+A stop (`stop` set, by SIGTERM or SIGINT in `manage.py nudge_ticker`) is seen between two
+batches: every batch claimed is enqueued before the ticker returns, so a graceful stop leaves
+nothing claimed and not enqueued. A row claimed and never enqueued all the same (a SIGKILL
+between the claim's commit and the enqueue, a broker that refuses the task) is not lost: a
+send stays `sending` and is handed out again once NUDGE_SEND_LEASE_SECONDS have passed since
+its claim, at no cost in attempts (no provider call started), and an event's claim runs out
+after NUDGE_APPLY_LEASE_SECONDS, when it is claimed again.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ def _messaging_broker() -> Broker:
     return get_broker(conf.messaging_cluster())
 
 
-def _queue_size() -> int:
+def messaging_queue_size() -> int:
     """Tasks waiting in the messaging queue, not yet taken by a worker; when the broker does
     not answer, as good as full (events then wait in their table; sends are not held up)."""
     try:
@@ -69,14 +78,16 @@ def enqueue_dispatch(send_ids: list[int]) -> None:
     _enqueue(DISPATCH_TASK, send_ids, chunk=settings.NUDGE_DISPATCH_TASK_SIZE, group="dispatch")
 
 
-def tick() -> int:
+def tick(*, stop: threading.Event | None = None) -> int:
     """Claim and enqueue the events to apply and everything due now (and recover stuck
-    sends); returns how many ids were handed out."""
+    sends); returns how many ids were handed out. Once `stop` is set, no new batch is
+    claimed: the tick returns after enqueueing the batch in hand."""
+    stop = stop or threading.Event()
     handed_out = 0
     # Events: one batch per tick, and only while the workers keep up with the queue, so a
     # backlog waits in the event table (claimable again) rather than in the broker, where
     # its leases would run out before a worker got to it.
-    if _queue_size() < settings.NUDGE_APPLY_QUEUE_LIMIT:
+    if messaging_queue_size() < settings.NUDGE_APPLY_QUEUE_LIMIT:
         events = marketing_services.events_claim_unapplied(
             limit=settings.NUDGE_CLAIM_BATCH,
             lease=timedelta(seconds=settings.NUDGE_APPLY_LEASE_SECONDS),
@@ -95,29 +106,40 @@ def tick() -> int:
             logger.info("ticker: handing out %d sends again as their lease ran out", len(recovered))
             enqueue_dispatch(recovered)
             handed_out += len(recovered)
-        if len(recovered) < settings.NUDGE_CLAIM_BATCH:
+        if len(recovered) < settings.NUDGE_CLAIM_BATCH or stop.is_set():
             break
-    while True:
+    while not stop.is_set():
         claimed = services.scheduled_sends_claim_due(limit=settings.NUDGE_CLAIM_BATCH)
         if claimed:
             enqueue_dispatch(claimed)
             handed_out += len(claimed)
         if len(claimed) < settings.NUDGE_CLAIM_BATCH:
-            return handed_out
+            break
+    return handed_out
 
 
 def run(
     *, stop: threading.Event | None = None, on_tick: Callable[[int], None] | None = None
 ) -> None:
-    """Tick every NUDGE_TICK_SECONDS until `stop` is set; survives a database outage."""
+    """Tick every NUDGE_TICK_SECONDS until `stop` is set; survives a database or broker
+    outage. Setting `stop` ends the tick in hand after its current batch (see the module's
+    docstring), and any wait at once."""
     stop = stop or threading.Event()
     interval = settings.NUDGE_TICK_SECONDS
     while not stop.is_set():
         started = time.monotonic()
         try:
-            count = tick()
+            count = tick(stop=stop)
         except OperationalError as exc:
             logger.error("ticker: database unavailable, retrying: %s", exc)
+            close_old_connections()
+            stop.wait(2)
+            continue
+        except Exception:
+            # a broker that refuses the task (Redis restarting): the batch claimed is handed
+            # out again after its lease; the ticker goes on rather than exit (under honcho,
+            # one process exiting stops them all)
+            logger.exception("ticker: the tick failed, retrying")
             close_old_connections()
             stop.wait(2)
             continue

@@ -70,6 +70,10 @@ DEFAULTS: dict[str, Any] = {
     "NUDGE_APPLY_CHUNK": 50,
     "NUDGE_APPLY_LEASE_SECONDS": 120,
     "NUDGE_APPLY_QUEUE_LIMIT": 20,
+    # the sweeper (journeys.reconcile): a django-q2 schedule on the messaging cluster every so
+    # many minutes (0: none), handing out what the ticker left this many seconds past due
+    "NUDGE_RECONCILE_MINUTES": 1,
+    "NUDGE_RECONCILE_AFTER_SECONDS": 60,
     # Host models as event sources (see README, "Events from your own models").
     "NUDGE_HOST_EVENTS": [],
     # The django-q2 cluster that runs sends and event application (None: the default
