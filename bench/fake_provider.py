@@ -4,6 +4,7 @@ the system it measures.
 
     python -m bench.fake_provider --port P --calls-file PATH [--latency-ms 100]
         [--error-rate 0.0] [--rate-429 0.0] [--smtp-port Q] [--flush-ms 50]
+        [--host 127.0.0.1] [--record-peer]
 
 It prints `fake_provider listening on 127.0.0.1:P` (P is the bound port, so --port 0 works)
 when both servers are ready, and stops cleanly on SIGTERM or SIGINT.
@@ -14,7 +15,9 @@ HTTP/1.1 with keep-alive (Content-Length bodies only; no chunked requests):
                                                      journeys.channels.sms.HttpBackend: 200 {"id"}
     POST /2010-04-01/Accounts/{Sid}/Messages.json    Twilio's Messages API, as the `twilio`
                                                      package calls it: 201 and a Message record
-    POST /_control   {"down", "latency_ms", "error_rate", "rate_429"} (any subset)
+    POST /_control   {"down", "latency_ms", "error_rate", "rate_429", "refuse_seconds"}
+                     (any subset; refuse_seconds: the HTTP listener and its connections
+                     close for that long, connection refused, then it listens again)
     GET  /_stats     counters as JSON (flushes the calls file first)
     POST /_stats/reset
 
@@ -29,7 +32,12 @@ retries with the same key gets a replay: what a real provider does.
 Each delivery appends one line `<send id>` to the calls file, written in batches every
 --flush-ms, on GET /_stats and at exit. The send id: the generic body's "send_id"; for Twilio
 the `[send:<id>]` marker in Body, else the To number; for email the `X-Nudge-Send-Id` header,
-else the `nudge-send-<id>` inside the Message-ID, else the whole Message-ID.
+else the `nudge-send-<id>` inside the Message-ID, else the whole Message-ID. With
+--record-peer (HTTP only) each line is `<send id> <client address>`: which machine sent it.
+
+With --messages-file, every generic message request also appends one JSON line, whatever
+its answer: {"t": arrival (epoch s), "send_id", "status", "fate": delivered, replay or error,
+"body"} (the chaos run's checker reads it).
 
 With --smtp-port, an SMTP sink (aiosmtpd's protocol, on the same loop) answers each message
 250 after the latency, or 451 when the faults above say 503 or 429; there is no dedupe.
@@ -42,6 +50,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import contextvars
 import email.utils
 import json
 import logging
@@ -81,6 +90,8 @@ REASONS = {
 
 # (status, body, extra header lines each ending in CRLF)
 Answer = tuple[int, bytes, str]
+# The client address of the HTTP connection a request came on (each connection is a task).
+PEER: contextvars.ContextVar[str] = contextvars.ContextVar("peer", default="")
 
 
 @dataclass
@@ -91,6 +102,7 @@ class Behaviour:
     error_rate: float = 0.0
     rate_429: float = 0.0
     down: bool = False
+    refuse_seconds: float = 0.0
 
 
 @dataclass
@@ -192,9 +204,15 @@ def _email_send_id(content: bytes) -> str:
 
 
 class FakeProvider:
-    def __init__(self, behaviour: Behaviour, calls: CallsFile) -> None:
+    # --messages-file: one JSON line per generic message request (see _message_log)
+    messages: CallsFile | None = None
+    # set by serve(): closes the HTTP listener for a while (/_control refuse_seconds)
+    on_refuse: Any = None
+
+    def __init__(self, behaviour: Behaviour, calls: CallsFile, record_peer: bool = False) -> None:
         self.behaviour = behaviour
         self.calls = calls
+        self.record_peer = record_peer
         self.stats = Stats()
         self.inflight = 0
         self.keys: dict[str, str] = {}
@@ -238,7 +256,7 @@ class FakeProvider:
         if key is not None:
             self.keys[key] = provider_id
         self.stats.deliveries += 1
-        self.calls.append(send_id)
+        self.calls.append(f"{send_id} {PEER.get()}" if self.record_peer else send_id)
         return provider_id
 
     async def _wait(self) -> None:
@@ -252,6 +270,8 @@ class FakeProvider:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        PEER.set(str(peer[0]) if peer else "")
         try:
             await self._requests(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -314,6 +334,8 @@ class FakeProvider:
             return await self._twilio(twilio.group(1), headers, body)
         if path == "/_stats" and method == "GET":
             self.calls.flush()
+            if self.messages is not None:
+                self.messages.flush()
             return 200, _json(self.snapshot()), ""
         if path == "/_stats/reset" and method == "POST":
             self.stats = Stats(inflight_max=self.inflight)
@@ -354,11 +376,22 @@ class FakeProvider:
                     return 400, _json({"message": "down is true or false"}), ""
             elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 return 400, _json({"message": f"{name} is a number >= 0"}), ""
-            elif name != "latency_ms" and value > 1:
+            elif name not in ("latency_ms", "refuse_seconds") and value > 1:
                 return 400, _json({"message": f"{name} is a fraction between 0 and 1"}), ""
         for name, value in changes.items():
             setattr(self.behaviour, name, value if name == "down" else float(value))
+        if changes.get("refuse_seconds") and self.on_refuse is not None:
+            self.on_refuse(float(changes["refuse_seconds"]))
         return 200, _json(asdict(self.behaviour)), ""
+
+    def _message_log(self, data: dict[str, Any], status: int, replay: bool) -> None:
+        """With --messages-file: {"t": arrival (epoch s), "send_id", "status", "fate":
+        delivered, replay or error, "body"} for one generic message request."""
+        if self.messages is not None:
+            fate = "error" if status != 200 else "replay" if replay else "delivered"
+            record = {"t": time.time(), "send_id": str(data["send_id"]), "status": status}
+            record.update(fate=fate, body=str(data.get("body", "")))
+            self.messages.append(json.dumps(record))
 
     async def _generic(self, headers: dict[str, str], body: bytes) -> Answer:
         try:
@@ -370,6 +403,7 @@ class FakeProvider:
             return 400, _json({"message": "a JSON object with to, body and send_id"}), ""
         self._enter()
         try:
+            replays = self.stats.replays
             fault = self._fault()
             if fault is None:
                 provider_id = self._deliver(
@@ -380,6 +414,7 @@ class FakeProvider:
                 answer = 429, _json({"message": TOO_MANY}), "Retry-After: 1\r\n"
             else:
                 answer = 503, _json({"message": OUTAGE}), ""
+            self._message_log(data, answer[0], self.stats.replays != replays)
             await self._wait()
             return answer
         finally:
@@ -513,6 +548,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate-429", type=float, default=0.0, help="fraction answered 429")
     parser.add_argument("--smtp-port", type=int, default=None, help="also an SMTP sink")
     parser.add_argument("--flush-ms", type=float, default=50.0, help="calls file batching")
+    parser.add_argument(
+        "--messages-file", help="also one JSON line per generic message request, any answer"
+    )
+    parser.add_argument(
+        "--record-peer", action="store_true", help="calls file lines: <send id> <client address>"
+    )
     return parser.parse_args(argv)
 
 
@@ -522,6 +563,7 @@ async def serve(args: argparse.Namespace) -> None:
     provider = FakeProvider(
         Behaviour(latency_ms=args.latency_ms, error_rate=args.error_rate, rate_429=args.rate_429),
         calls,
+        record_peer=args.record_peer,
     )
     servers: list[asyncio.AbstractServer] = []
     try:
@@ -529,6 +571,28 @@ async def serve(args: argparse.Namespace) -> None:
             provider.serve_http, args.host, args.port, limit=MAX_HEAD, backlog=1024
         )
         servers.append(http)
+        bound = http.sockets[0].getsockname()[1]  # the port, for listening again
+        if args.messages_file:
+            provider.messages = CallsFile(args.messages_file, args.flush_ms / 1000)
+
+        async def refuse(seconds: float) -> None:
+            await asyncio.sleep(0.05)  # the /_control answer goes out first
+            servers[0].close()
+            await provider.close_connections()
+            await asyncio.sleep(seconds)
+            servers[0] = await asyncio.start_server(
+                provider.serve_http, args.host, bound, limit=MAX_HEAD, backlog=1024
+            )
+            provider.behaviour.refuse_seconds = 0.0
+
+        refusing: set[asyncio.Task[None]] = set()  # a task only the loop holds may be collected
+
+        def on_refuse(seconds: float) -> None:
+            task = asyncio.ensure_future(refuse(seconds))
+            refusing.add(task)
+            task.add_done_callback(refusing.discard)
+
+        provider.on_refuse = on_refuse
         if args.smtp_port is not None:
             from aiosmtpd.smtp import SMTP
 
@@ -552,6 +616,8 @@ async def serve(args: argparse.Namespace) -> None:
             server.close()
         await provider.close_connections()
         calls.close()
+        if provider.messages is not None:
+            provider.messages.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

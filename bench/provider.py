@@ -83,24 +83,21 @@ class Fake:
         return Counter(int(line) for line in self.calls.read_text().split())
 
 
-def fake_start(procs: Processes, work: Path, latency_ms: float) -> Fake:
+def fake_start(
+    procs: Processes,
+    work: Path,
+    latency_ms: float,
+    *,
+    host: str = "127.0.0.1",
+    name: str = "fake_provider",
+    record_peer: bool = False,
+) -> Fake:
     port = free_port()
-    calls = work / "provider.calls"
-    process = procs.start(
-        "fake_provider",
-        [
-            PY,
-            "-m",
-            "bench.fake_provider",
-            "--port",
-            str(port),
-            "--calls-file",
-            str(calls),
-            "--latency-ms",
-            str(latency_ms),
-        ],
-    )
-    fake = Fake(url=f"http://127.0.0.1:{port}", calls=calls, session=requests.Session())
+    calls = work / ("provider.calls" if name == "fake_provider" else f"{name}.calls")
+    command = [PY, "-m", "bench.fake_provider", "--host", host, "--port", str(port)]
+    command += ["--calls-file", str(calls), "--latency-ms", str(latency_ms)]
+    process = procs.start(name, command + (["--record-peer"] if record_peer else []))
+    fake = Fake(url=f"http://{host}:{port}", calls=calls, session=requests.Session())
     deadline = time.monotonic() + 30
     while True:
         try:

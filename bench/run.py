@@ -54,6 +54,7 @@ def log(message: str) -> None:
 QUICK: dict[str, float] = {
     "sends": 2_000,
     "provider_sends": 5_000,
+    "scaleout_sends": 3_000,
     "steady_seconds": 3.0,
     "ingest_seconds": 3.0,
     "apply_seconds": 3.0,
@@ -62,6 +63,7 @@ QUICK: dict[str, float] = {
 THOROUGH: dict[str, float] = {
     "sends": 10_000,
     "provider_sends": 20_000,
+    "scaleout_sends": 10_000,
     "steady_seconds": 10.0,
     "ingest_seconds": 6.0,
     "apply_seconds": 8.0,
@@ -149,6 +151,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--outage-rate", type=float, default=200.0, help="sends/s of the outage stream"
     )
     parser.add_argument("--skip-provider", action="store_true", help="no provider scenario (nan)")
+    parser.add_argument(
+        "--scaleout-hosts", type=int, default=4, help="network namespaces of the scale-out run"
+    )
+    parser.add_argument(
+        "--scaleout-sends",
+        type=int,
+        help=f"SMS due at once, on 1 host then on --scaleout-hosts ({QUICK['scaleout_sends']})",
+    )
+    parser.add_argument(
+        "--scaleout-workers", type=int, default=2, help="messaging workers per scale-out host"
+    )
+    parser.add_argument(
+        "--scaleout-inflight",
+        type=int,
+        default=8,
+        help="provider calls in flight per worker of a scale-out host (NUDGE_DISPATCH_INFLIGHT)",
+    )
+    parser.add_argument(
+        "--skip-scaleout", action="store_true", help="no scale-out scenario (needs root; nan)"
+    )
     parser.add_argument("--keep", metavar="DIR", help="keep process logs in DIR")
     args = parser.parse_args(argv)
     for name, quick in QUICK.items():
@@ -203,15 +225,15 @@ class Processes:
         self.children.append((name, process))
         return process
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> None:
         for _, process in self.children:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for name, process in self.children:
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                log(f"{name} did not stop in 30 s: killing it")
+                log(f"{name} did not stop in {timeout:.0f} s: killing it")
                 process.kill()
                 process.wait()
         self.children.clear()
@@ -1001,7 +1023,7 @@ def main(argv: list[str] | None = None) -> None:
     django.setup()
     from django.core.management import call_command
 
-    from bench import media, provider
+    from bench import media, provider, scaleout
     from journeys import services
     from journeys.models import Journey
 
@@ -1051,6 +1073,9 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_provider:
             # after the null-provider checks: its SMS reach the fake provider's calls file
             provider_figures = provider.run(args, median(large["rate"]), f"{RUN}prov", work, logs)
+        scaleout_figures = None
+        if not args.skip_scaleout:
+            scaleout_figures = scaleout.run(args, f"{RUN}scale", logs)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -1154,6 +1179,13 @@ def main(argv: list[str] | None = None) -> None:
         print("| --- | ---: |")
         for name, value in media.table_rows(media_figures, args.steady_rate):
             print(f"| {name} | {value} |")
+    if scaleout_figures:
+        print()
+        print(f"| scale-out scenario ({args.scaleout_sends:,} SMS due at once) | 1 host | "
+              f"{args.scaleout_hosts} hosts |")  # fmt: skip
+        print("| --- | ---: | ---: |")
+        for name, one, many in scaleout.table_rows(scaleout_figures):
+            print(f"| {name} | {one} | {many} |")
     print()
     # Same-run ratios, each the median over runs of a ratio measured within one run. Flatness
     # compares two levels measured minutes apart, so it is normalised too: dispatch by CPU time
@@ -1178,6 +1210,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"BENCH memory worker_peak_rss_mb={fmt(max(m['rss_mb'], s.get('rss_mb', 0)))}")
     print(media.bench_line(media_figures, 0 if args.skip_media else args.media_images))
     print(provider.bench_line(provider_figures))
+    print(scaleout.bench_line(scaleout_figures, args.scaleout_hosts))
 
 
 def _triple(figures: dict[str, float], kind: str) -> str:

@@ -25,3 +25,45 @@ def post_worker_init(worker: object) -> None:
     get_resolver().url_patterns  # noqa: B018 (imports every view module)
     gc.collect()
     gc.freeze()
+
+
+_made_directories: list[str] = []
+
+
+def on_starting(server: object) -> None:
+    """Before any worker exists: one PROMETHEUS_MULTIPROC_DIR for all of them, so that
+    GET /metrics sums django-prometheus's counters over every worker (nudge.metrics). The
+    directory given in the environment is emptied of its metric files (a previous run's
+    would be added in); without one, a fresh temporary directory. The workers inherit the
+    variable and so, importing prometheus_client after the fork, write to it.
+    NUDGE_METRICS_MULTIPROCESS=false leaves each worker's counters its own."""
+    import glob
+    import tempfile
+
+    if os.environ.get("NUDGE_METRICS_MULTIPROCESS", "true").lower() in ("0", "false", "no"):
+        return
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for path in glob.glob(os.path.join(directory, "*.db")):
+            os.remove(path)
+    else:
+        directory = tempfile.mkdtemp(prefix="nudge-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        _made_directories.append(directory)
+
+
+def child_exit(server: object, worker: object) -> None:
+    """A worker ended: drop its live gauges from the sums (its counters stay counted)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+
+
+def on_exit(server: object) -> None:
+    """gunicorn stops: remove the temporary metrics directory it made."""
+    import shutil
+
+    for directory in _made_directories:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -8,6 +8,7 @@ DEBUG=false, SECRET_KEY, ALLOWED_HOSTS and DATABASE_URL (and usually REDIS_URL).
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -52,18 +53,32 @@ INSTALLED_APPS = [
     "marketing",
     "journeys",
     "media_tasks",
+    "django_prometheus",
+    "axes",
 ]
 
 MIDDLEWARE = [
+    # first and last: django-prometheus's request counts and latencies (GET /metrics)
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # 400 for a NUL (%00) in the path, query string or a form: PostgreSQL refuses NUL (500)
+    "nudge.middleware.RejectNulMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # turns a locked-out login into its page (django-axes: after the auth middleware)
+    "axes.middleware.AxesMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+# django-prometheus's request and database metrics in GET /metrics (about 0.05-0.15 ms of CPU a
+# request, README "Metrics"); false leaves them out, Nudge's own gauges stay.
+NUDGE_METRICS_DJANGO = env.bool("NUDGE_METRICS_DJANGO", default=True)
+if not NUDGE_METRICS_DJANGO:
+    MIDDLEWARE = [name for name in MIDDLEWARE if not name.startswith("django_prometheus.")]
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -105,6 +120,9 @@ else:
     DATABASES["default"]["OPTIONS"].setdefault(
         "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
     )
+if NUDGE_METRICS_DJANGO and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # the same backend, counting statements, errors and their durations (GET /metrics)
+    DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -177,6 +195,12 @@ NUDGE_BATCH_MAX_BYTES = env.int("NUDGE_BATCH_MAX_BYTES", default=DEFAULTS["NUDGE
 NUDGE_BATCH_MAX_EVENTS = env.int(
     "NUDGE_BATCH_MAX_EVENTS", default=DEFAULTS["NUDGE_BATCH_MAX_EVENTS"]
 )
+# API throttling (429 with Retry-After): requests per authenticated user, and failed
+# authentications per client address; "none" turns one off. Counted in CACHES["default"].
+NUDGE_API_TOKEN_RATE = env.str("NUDGE_API_TOKEN_RATE", default=DEFAULTS["NUDGE_API_TOKEN_RATE"])
+NUDGE_API_AUTH_FAILURE_RATE = env.str(
+    "NUDGE_API_AUTH_FAILURE_RATE", default=DEFAULTS["NUDGE_API_AUTH_FAILURE_RATE"]
+)
 # Host models as event sources (README, "Events from your own models"); the standalone site's
 # only models are Nudge's own, which are sources already.
 NUDGE_HOST_EVENTS = list(DEFAULTS["NUDGE_HOST_EVENTS"])
@@ -184,6 +208,15 @@ NUDGE_HOST_EVENTS = list(DEFAULTS["NUDGE_HOST_EVENTS"])
 # --- Task queue (django-q2) -----------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 _broker: dict[str, object] = {"redis": REDIS_URL} if REDIS_URL else {"orm": "default"}
+# The default cache holds the API's throttling counts: on Redis when REDIS_URL is set, so that
+# every web process shares them; else each process counts alone (local memory).
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
 
 Q_MESSAGING_TIMEOUT = env.int("Q_MESSAGING_TIMEOUT", default=DEFAULTS["Q_MESSAGING_TIMEOUT"])
 # SIGTERM/SIGINT to `manage.py qcluster`: busy workers get this long to finish (scripts/start.py
@@ -254,6 +287,32 @@ NUDGE_MEDIA_STALE_AFTER_SECONDS = env.int(
     "NUDGE_MEDIA_STALE_AFTER_SECONDS", default=env.int("Q_MEDIA_TIMEOUT", default=600) + 60
 )
 
+# --- Admin logins (django-axes) --------------------------------------------------------------
+# After NUDGE_LOGIN_FAILURE_LIMIT failed logins for one username from one client address, that
+# username is locked out from that address for NUDGE_LOGIN_COOLOFF_MINUTES: the login answers
+# 429 with a page that says so, the right password included. A successful login resets the
+# count. Attempts are rows in the database (every web process sees them); `manage.py
+# axes_reset_username <name>` (or deleting the "Access attempt" in the admin) unlocks early.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env.bool("NUDGE_LOGIN_LOCKOUT", default=True)
+AXES_FAILURE_LIMIT = env.int("NUDGE_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("NUDGE_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# a try during the lock-out does not start the wait again: the page's "try again in" holds
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "nudge.login.lockout_response"
+# The client address: REMOTE_ADDR, or behind NUDGE_TRUSTED_PROXIES reverse proxies that each
+# append to X-Forwarded-For, the address the outermost of them saw (nudge.login.client_ip).
+# 0, the default, trusts no header: a client could write any address into it.
+NUDGE_TRUSTED_PROXIES = env.int("NUDGE_TRUSTED_PROXIES", default=0)
+# the API's throttles count the same address (DRF's default, None, believes the whole header)
+REST_FRAMEWORK["NUM_PROXIES"] = NUDGE_TRUSTED_PROXIES
+AXES_CLIENT_IP_CALLABLE = "nudge.login.client_ip"
+
 # --- Security (production: DEBUG=false) -----------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
@@ -261,7 +320,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
@@ -391,6 +450,17 @@ NUDGE_CIRCUIT_OPEN_SECONDS = env.float(
 NUDGE_CIRCUIT_MAX_OPEN_SECONDS = env.float(
     "NUDGE_CIRCUIT_MAX_OPEN_SECONDS", default=DEFAULTS["NUDGE_CIRCUIT_MAX_OPEN_SECONDS"]
 )
+# Privacy: the key of erased customers' hashed suppression entries (empty: SECRET_KEY; keep
+# it stable), and how many days finished events' payloads and sent messages' bodies are kept
+# (0: for ever); `manage.py nudge_purge` and its daily schedule purge in batches of this many.
+NUDGE_ERASURE_PEPPER = env.str("NUDGE_ERASURE_PEPPER", default=DEFAULTS["NUDGE_ERASURE_PEPPER"])
+NUDGE_RETENTION_EVENT_PAYLOAD_DAYS = env.int(
+    "NUDGE_RETENTION_EVENT_PAYLOAD_DAYS", default=DEFAULTS["NUDGE_RETENTION_EVENT_PAYLOAD_DAYS"]
+)
+NUDGE_RETENTION_MESSAGE_BODY_DAYS = env.int(
+    "NUDGE_RETENTION_MESSAGE_BODY_DAYS", default=DEFAULTS["NUDGE_RETENTION_MESSAGE_BODY_DAYS"]
+)
+NUDGE_RETENTION_BATCH = env.int("NUDGE_RETENTION_BATCH", default=DEFAULTS["NUDGE_RETENTION_BATCH"])
 # Stored events are applied to journeys (enrolments) by the messaging workers: the ticker
 # hands them out in tasks of this many ids, and hands an event out again when its worker has
 # not finished after the lease; an event whose application failed NUDGE_SEND_MAX_ATTEMPTS
@@ -412,3 +482,15 @@ NUDGE_RECONCILE_MINUTES = env.int(
 NUDGE_RECONCILE_AFTER_SECONDS = env.int(
     "NUDGE_RECONCILE_AFTER_SECONDS", default=DEFAULTS["NUDGE_RECONCILE_AFTER_SECONDS"]
 )
+# GET /metrics (nudge.metrics): bearer tokens (space-separated, several during a rotation) and
+# the addresses allowed without one (comma-separated networks; default loopback only); sets
+# counted exactly below NUDGE_METRICS_EXACT_LIMIT rows, estimated above. GET /healthz says
+# "degraded" when sends or events are NUDGE_STALL_SECONDS late.
+NUDGE_METRICS_TOKENS = env.str("NUDGE_METRICS_TOKEN", default="").split()
+NUDGE_METRICS_ALLOWED_IPS = env.list(
+    "NUDGE_METRICS_ALLOWED_IPS", default=DEFAULTS["NUDGE_METRICS_ALLOWED_IPS"]
+)
+NUDGE_METRICS_EXACT_LIMIT = env.int(
+    "NUDGE_METRICS_EXACT_LIMIT", default=DEFAULTS["NUDGE_METRICS_EXACT_LIMIT"]
+)
+NUDGE_STALL_SECONDS = env.float("NUDGE_STALL_SECONDS", default=DEFAULTS["NUDGE_STALL_SECONDS"])

@@ -17,3 +17,6 @@ INSTALLED_APPS = [*INSTALLED_APPS, "tests.hostapp"]  # noqa: F405
 # Emails stay in django.core.mail.outbox (as Django's test runner does), also in the worker
 # processes some tests start; the SMTP tests name their own backend.
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# django-axes refuses authenticate() without a request, which Django's test client login()
+# makes; the login lock-out tests (tests/nudge/test_login_lockout.py) switch it on.
+AXES_ENABLED = False

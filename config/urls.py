@@ -7,9 +7,11 @@ from django.contrib import admin
 from django.urls import include, path
 
 from config.health import healthz
+from nudge.metrics import metrics_view
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/", include("nudge.urls")),
 ]

@@ -4,19 +4,24 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.functional import cached_property
 from django.views.decorators.http import require_POST
 
 from journeys import selectors, services
 from journeys.models import Enrollment, Journey, JourneyStep, ScheduledSend
+from journeys.services import erasure
 from journeys.services.redrive import scheduled_sends_redrive
 from journeys.specs import event_type_problem, step_problems
-from nudge.admin import LargeTableAdmin
+from marketing import admin as marketing_admin
+from marketing.models import Customer
+from nudge.admin import GuardedActionsAdmin, LargeTableAdmin
 
 
 class JourneyForm(forms.ModelForm):
@@ -125,7 +130,7 @@ UNDELETABLE = (
 
 
 @admin.register(Journey)
-class JourneyAdmin(admin.ModelAdmin):
+class JourneyAdmin(GuardedActionsAdmin):
     """Marketers deactivate journeys; they do not delete them. The delete permission is
     withheld from a journey with enrolments or sends, for superusers too, and the change page
     and the list offer deactivation instead."""
@@ -270,7 +275,9 @@ class ScheduledSendAdmin(LargeTableAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.action(description="Cancel selected sends that have not gone out")
+    @admin.action(
+        description="Cancel selected sends that have not gone out", permissions=["change"]
+    )
     def cancel_sends(self, request: HttpRequest, queryset: QuerySet[ScheduledSend]) -> None:
         cancelled, refused = 0, 0
         for send_id in queryset.values_list("pk", flat=True):
@@ -314,3 +321,69 @@ class ScheduledSendAdmin(LargeTableAdmin):
                 "they are.",
                 messages.INFO,
             )
+
+
+# --- the customer list's erasure ----------------------------------------------------------
+# The customer admin is marketing's, and erasure (services.erasure) spans both apps: it
+# cancels and empties sends. Marketing never imports journeys, so journeys extends
+# marketing's admin with the action and registers it in its place (journeys.admin is
+# imported after marketing.admin, which it imports).
+
+ERASE_AT_ONCE_MAX = 100
+
+
+class ErasableCustomerAdmin(marketing_admin.CustomerAdmin):
+    # marketing's own actions, if it has any, and the erasure
+    actions = [*(getattr(marketing_admin.CustomerAdmin, "actions", None) or []), "erase_customers"]
+
+    def has_erase_permission(self, request: HttpRequest) -> bool:
+        """The dedicated permission marketing.erase_customer (not the Marketer group's)."""
+        return request.user.has_perm(f"{self.opts.app_label}.erase_customer")
+
+    @admin.action(description="Erase the selected customers' personal data", permissions=["erase"])
+    def erase_customers(
+        self, request: HttpRequest, queryset: QuerySet[Customer]
+    ) -> HttpResponse | None:
+        """A confirmation page with what each erasure would change (a dry run), as Django's
+        delete confirmation; its "Yes, I'm sure" posts again with post=yes and erases."""
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True)[: ERASE_AT_ONCE_MAX + 1])
+        if len(ids) > ERASE_AT_ONCE_MAX:
+            self.message_user(
+                request,
+                f"Erase at most {ERASE_AT_ONCE_MAX} customers at once "
+                "(manage.py customer_erase takes any number).",
+                messages.ERROR,
+            )
+            return None
+        if request.POST.get("post") == "yes":
+            reports = erasure.customers_erase(customer_ids=ids)
+            done = [r for r in reports if not r.already_erased]
+            self.message_user(
+                request,
+                f"Erased the personal data of {len(done)} customer(s).",
+                messages.SUCCESS,
+            )
+            for report in done:
+                self.message_user(request, report.summary(), messages.INFO)
+            if len(done) < len(reports):
+                self.message_user(
+                    request,
+                    f"{len(reports) - len(done)} customer(s) were erased already.",
+                    messages.WARNING,
+                )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Erase personal data: are you sure?",
+            "opts": self.opts,
+            "queryset": queryset.filter(pk__in=ids),
+            "reports": erasure.customers_erase(customer_ids=ids, dry_run=True),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/journeys/customer_erase_confirmation.html", context)
+
+
+admin.site.unregister(Customer)
+admin.site.register(Customer, ErasableCustomerAdmin)

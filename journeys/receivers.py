@@ -15,6 +15,7 @@ from django_q.models import Schedule
 
 from journeys import reconcile, selectors, services
 from journeys.models import Journey, JourneyStep
+from journeys.services import retention
 from marketing.models import Customer, Event
 from marketing.signals import customer_opted_out, events_stored
 
@@ -74,7 +75,18 @@ def ensure_reconcile_schedule(sender: Any, using: str, **kwargs: Any) -> None:
         reconcile.queues_reconcile_schedule_ensure(using=using)
 
 
+def ensure_retention_schedule(sender: Any, using: str, **kwargs: Any) -> None:
+    """After every `migrate`: the daily retention purge's schedule, exactly once."""
+    if Schedule._meta.db_table in connections[using].introspection.table_names():
+        retention.retention_schedule_ensure(using=using)
+
+
 def connect() -> None:
+    post_migrate.connect(
+        ensure_retention_schedule,
+        sender=apps.get_app_config("journeys"),
+        dispatch_uid="journeys-retention-schedule",
+    )
     post_migrate.connect(
         ensure_reconcile_schedule,
         sender=apps.get_app_config("journeys"),

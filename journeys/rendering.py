@@ -14,6 +14,7 @@ the two to the same output.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -65,6 +66,25 @@ def render(source: str, context: dict[str, Any]) -> str:
         if text is not None:
             return text.strip()
     return compile_template(source).render(Context(context, autoescape=False)).strip()
+
+
+# C0 controls (CR and LF among them), DEL and the C1 controls, plus Unicode's line and
+# paragraph separators and NEL, which some mail software also reads as line breaks.
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_WHITESPACE_RUN = re.compile(r"\s+")
+
+
+def header_safe(text: str) -> str:
+    """One line for an email header: each control character (CR, LF, tab, NUL...) becomes a
+    space, and runs of whitespace one space. A customer's name with "\r\nBcc: ..." in it
+    cannot break the subject into headers of its own."""
+    return _WHITESPACE_RUN.sub(" ", _HEADER_UNSAFE.sub(" ", text)).strip()
+
+
+def render_subject(source: str, context: dict[str, Any]) -> str:
+    """An email subject: the template rendered as any message is, then made header-safe
+    (the values in it, such as the customer's first name, come from the shop's events)."""
+    return header_safe(render(source, context))
 
 
 class _CannotPlan(Exception):

@@ -4,8 +4,11 @@ time for)."""
 from __future__ import annotations
 
 from django.conf import settings
+from django_q.tasks import async_task
 
 from journeys import reconcile, services, ticker
+from journeys.services import retention
+from nudge import conf
 
 
 def scheduled_sends_dispatch(send_ids: list[int]) -> dict[str, int]:
@@ -28,3 +31,22 @@ def queues_reconcile() -> dict[str, int]:
     """The sweeper's schedule (journeys.reconcile): hand out the sends and events the ticker
     left behind; the counts end up in the task result."""
     return reconcile.queues_reconcile().counts()
+
+
+def retention_purge(event_after: int = 0, send_after: int = 0) -> str:
+    """The daily purge's schedule (services.retention): what is past its retention period,
+    for half the task's timeout; the rest goes to a new task that takes up where it stopped.
+    The summary line ends up in the task result."""
+    report = retention.retention_purge(
+        budget_seconds=settings.Q_MESSAGING_TIMEOUT / 2,
+        event_after=event_after,
+        send_after=send_after,
+    )
+    if not report.finished:
+        async_task(
+            retention.PURGE_TASK,
+            report.event_after,
+            report.send_after,
+            cluster=conf.messaging_cluster(),
+        )
+    return report.summary()

@@ -12,7 +12,7 @@ from django.utils.html import format_html
 
 from marketing import selectors, services
 from marketing.models import Cart, Customer, Event, Payment, Suppression
-from nudge.admin import LargeTableAdmin
+from nudge.admin import GuardedActionsAdmin, LargeTableAdmin
 
 
 @admin.register(Customer)
@@ -172,7 +172,7 @@ class EventAdmin(LargeTableAdmin):
 
 
 @admin.register(Suppression)
-class SuppressionAdmin(admin.ModelAdmin):
+class SuppressionAdmin(GuardedActionsAdmin):
     """Addresses suppressed by a hard bounce or a complaint (marketing.services.suppression).
     Read-only here: an operator who deletes one lets sends to that address go out again."""
 

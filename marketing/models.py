@@ -56,6 +56,9 @@ class Customer(models.Model):
     # occurred_at of the event that last set the profile: an older event arriving late
     # does not overwrite newer data.
     profile_as_of = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set by the erasure of the customer's personal data (journeys.services.erasure): the row
+    # stays, emptied and renamed "erased:<id>", for the counts of its events and sends.
+    erased_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -65,6 +68,7 @@ class Customer(models.Model):
             models.UniqueConstraint(fields=["external_id"], name="customer_external_id_unique")
         ]
         indexes = [models.Index(fields=["email"])]
+        permissions = [("erase_customer", "Can erase a customer's personal data")]
 
     def __str__(self) -> str:
         return self.external_id
@@ -169,11 +173,16 @@ class Event(models.Model):
 class Suppression(models.Model):
     """An address no message goes to on that channel, after the provider said it bounced
     for good or its owner complained (marketing.services.suppression). Dispatch skips every
-    send to it, whichever customer holds it."""
+    send to it, whichever customer holds it.
+
+    An erased customer (marketing.services.erasure) leaves entries whose address is a keyed
+    hash ("hmac-sha256:<hex>") of their email, phone number or external id, never the value:
+    no later customer with that id, email or phone is messaged."""
 
     class Reason(models.TextChoices):
         BOUNCED = "bounced", "hard bounce"
         COMPLAINED = "complained", "spam complaint"
+        ERASED = "erased", "erased customer"
 
     channel = models.CharField(max_length=8, choices=Channel.choices)
     # an email lower-cased, a phone number in E.164

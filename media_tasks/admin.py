@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from media_tasks import services
 from media_tasks.models import ImageVariant, UploadedImage
 from media_tasks.validation import InvalidImage, inspect_upload
+from nudge.admin import GuardedActionsAdmin
 
 
 class UploadedImageAddForm(forms.ModelForm):
@@ -47,6 +48,7 @@ class ImageVariantInline(admin.TabularInline):
         "size",
         "saving_percent",
         "link",
+        "reason",
     )
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -62,7 +64,7 @@ class ImageVariantInline(admin.TabularInline):
 
 
 @admin.register(UploadedImage)
-class UploadedImageAdmin(admin.ModelAdmin):
+class UploadedImageAdmin(GuardedActionsAdmin):
     list_display = [
         "id",
         "original_name",
@@ -116,7 +118,7 @@ class UploadedImageAdmin(admin.ModelAdmin):
         obj.__dict__.update({k: v for k, v in created.__dict__.items() if not k.startswith("_")})
         obj._state.adding = False
 
-    @admin.action(description="Compress selected images again")
+    @admin.action(description="Compress selected images again", permissions=["change"])
     def compress_again(self, request: HttpRequest, queryset: QuerySet[UploadedImage]) -> None:
         queued = sum(
             services.image_requeue(image_id=pk) for pk in queryset.values_list("pk", flat=True)

@@ -36,6 +36,20 @@ class EncodedVariant:
         return EXTENSIONS[self.format]
 
 
+def saves_bytes(variant: EncodedVariant, *, original_size: int) -> bool:
+    """Whether a variant is worth keeping: it must be smaller than the original. One that is
+    not (an 800x600 palette PNG re-encoded as full-colour PNG grew from 109 KB to 268 KB) is no
+    compression; the original is served under its name instead (services.image_compress)."""
+    return len(variant.data) < original_size
+
+
+def not_saving_reason(variant: EncodedVariant, *, original_size: int) -> str:
+    return (
+        f"{variant.format} encoding was {len(variant.data):,} bytes, not smaller than the "
+        f"original's {original_size:,}: the original is served"
+    )
+
+
 def fit_within(width: int, height: int, max_px: int) -> tuple[int, int]:
     """Size that fits a max_px square, keeping the aspect ratio; never enlarges."""
     scale = min(1.0, max_px / max(width, height))

@@ -58,6 +58,9 @@ class UploadedImage(models.Model):
             ),
         ]
         indexes = [models.Index(fields=["status"], name="image_status")]
+        # The API shows a user the images they uploaded; this permission (and superuser) shows
+        # every image (media_tasks.api.views).
+        permissions = [("view_all_uploadedimages", "Can view images uploaded by anyone (API)")]
 
     def __str__(self) -> str:
         return self.original_name or f"image {self.pk}"
@@ -76,6 +79,10 @@ class ImageVariant(models.Model):
     height = models.PositiveIntegerField()
     size = models.PositiveBigIntegerField(help_text="bytes")
     file = models.FileField(max_length=255)
+    # Empty for an encoded variant. Otherwise why no compression is kept for this name: the
+    # encoding saved nothing, so `file` is the original itself (and format, size and
+    # dimensions are the original's): see media_tasks.compression.saves_bytes.
+    reason = models.CharField(max_length=255, blank=True, default="")
     created_at = models.DateTimeField(default=now, editable=False)
 
     class Meta:

@@ -116,19 +116,29 @@ def image_claim(*, image_id: int) -> uuid.UUID | None:
 
 @transaction.atomic
 def image_variants_replace(
-    *, image_id: int, claim_token: uuid.UUID, variants: list[tuple[compression.EncodedVariant, str]]
+    *,
+    image_id: int,
+    claim_token: uuid.UUID,
+    variants: list[tuple[compression.EncodedVariant, str]],
+    served_by_original: list[tuple[compression.EncodedVariant, str]] | None = None,
 ) -> bool:
     """Swap in a complete new set of variants (encoded, stored file name) and mark done.
 
-    False when the claim was lost (another worker took the row over): nothing is changed.
-    The previous set's files are deleted after commit.
+    `served_by_original` holds the variants that saved nothing (encoded, reason): their
+    rows name the original's file, format, size and dimensions, with the reason. False when
+    the claim was lost (another worker took the row over): nothing is changed. The previous
+    set's files are deleted after commit (never the original).
     """
     image = UploadedImage.objects.select_for_update().filter(pk=image_id).first()
     if image is None or image.status != ImageStatus.PROCESSING or image.claim_token != claim_token:
         return False
-    old_files = list(image.variants.values_list("file", flat=True))
+    old_files = [
+        name
+        for name in image.variants.values_list("file", flat=True)
+        if name != image.original.name
+    ]
     image.variants.all().delete()
-    ImageVariant.objects.bulk_create(
+    rows = [
         ImageVariant(
             image=image,
             name=encoded.name,
@@ -139,7 +149,21 @@ def image_variants_replace(
             file=file_name,
         )
         for encoded, file_name in variants
-    )
+    ]
+    rows += [
+        ImageVariant(
+            image=image,
+            name=encoded.name,
+            format=image.original_format.lower(),
+            width=image.original_width,
+            height=image.original_height,
+            size=image.original_size,
+            file=image.original.name,
+            reason=reason[:255],
+        )
+        for encoded, reason in served_by_original or []
+    ]
+    ImageVariant.objects.bulk_create(rows)
     image.status = ImageStatus.DONE
     image.claim_token = None
     image.processed_at = timezone.now()
@@ -187,13 +211,27 @@ def image_compress(*, image_id: int) -> CompressOutcome:
             )
         prefix = f"media_tasks/variants/{image_id}/{token.hex[:12]}"
         stored = []
-        for variant in encoded:
+        # A variant no smaller than the original is no compression: not stored, the
+        # original is served under its name (its row says why).
+        size = image.original_size
+        kept = [v for v in encoded if compression.saves_bytes(v, original_size=size)]
+        served_by_original = [
+            (v, compression.not_saving_reason(v, original_size=size))
+            for v in encoded
+            if not compression.saves_bytes(v, original_size=size)
+        ]
+        for variant in kept:
             name = default_storage.save(
                 f"{prefix}/{variant.name}.{variant.extension}", ContentFile(variant.data)
             )
             written.append(name)
             stored.append((variant, name))
-        if not image_variants_replace(image_id=image_id, claim_token=token, variants=stored):
+        if not image_variants_replace(
+            image_id=image_id,
+            claim_token=token,
+            variants=stored,
+            served_by_original=served_by_original,
+        ):
             _delete_files(written)
             return CompressOutcome(image_id=image_id, status="skipped")
     except (InvalidImage, OSError, ValueError) as exc:
@@ -217,7 +255,11 @@ def image_compress(*, image_id: int) -> CompressOutcome:
             len(variant.data),
             100 * (1 - len(variant.data) / image.original_size),
         )
-    return CompressOutcome(image_id=image_id, status=ImageStatus.DONE, variants=len(stored))
+    for variant, reason in served_by_original:
+        logger.info("image %s: %s not kept: %s", image_id, variant.name, reason)
+    return CompressOutcome(
+        image_id=image_id, status=ImageStatus.DONE, variants=len(stored) + len(served_by_original)
+    )
 
 
 @transaction.atomic

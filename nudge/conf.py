@@ -26,6 +26,11 @@ DEFAULTS: dict[str, Any] = {
     "NUDGE_EVENT_MAX_BYTES": 256 * 1024,
     "NUDGE_BATCH_MAX_BYTES": 8 * 1024 * 1024,
     "NUDGE_BATCH_MAX_EVENTS": 1000,
+    # --- API (nudge.api): requests per authenticated user (token or session) and failed
+    # authentications per client address, "<n>/<s|min|hour|day>" (None: no limit), counted in
+    # the default cache; the signed event endpoints are not throttled
+    "NUDGE_API_TOKEN_RATE": "600/min",
+    "NUDGE_API_AUTH_FAILURE_RATE": "30/min",
     # --- journeys
     "NUDGE_CHANNELS": {
         "email": "journeys.channels.email.EmailChannel",
@@ -70,6 +75,15 @@ DEFAULTS: dict[str, Any] = {
     "NUDGE_APPLY_CHUNK": 50,
     "NUDGE_APPLY_LEASE_SECONDS": 120,
     "NUDGE_APPLY_QUEUE_LIMIT": 20,
+    # --- monitoring (nudge.metrics: GET /metrics; config.health: GET /healthz)
+    # bearer tokens that may read /metrics (several during a rotation), and the addresses
+    # that may without one (a request a proxy forwarded never passes by its address)
+    "NUDGE_METRICS_TOKENS": [],
+    "NUDGE_METRICS_ALLOWED_IPS": ["127.0.0.0/8", "::1/128"],
+    # sets of sends and events are counted exactly below this many rows, estimated above
+    "NUDGE_METRICS_EXACT_LIMIT": 10_000,
+    # /healthz says "degraded" when work is this many seconds late (due, or past its lease)
+    "NUDGE_STALL_SECONDS": 120.0,
     # the sweeper (journeys.reconcile): a django-q2 schedule on the messaging cluster every so
     # many minutes (0: none), handing out what the ticker left this many seconds past due
     "NUDGE_RECONCILE_MINUTES": 1,
@@ -83,6 +97,15 @@ DEFAULTS: dict[str, Any] = {
     # `manage.py qcluster` (nudge.cluster): how long busy workers get to finish their task
     # after SIGTERM/SIGINT before they are killed (their rows' leases bring the work back)
     "NUDGE_SHUTDOWN_GRACE_SECONDS": 20,
+    # --- privacy (journeys.services.erasure, journeys.services.retention)
+    # The key of the erased customers' hashed suppression entries; "" means SECRET_KEY. Keep
+    # it when SECRET_KEY rotates: entries hashed with another key no longer match.
+    "NUDGE_ERASURE_PEPPER": "",
+    # Days after which finished events' payloads and finished sends' rendered messages are
+    # purged (the rows and their counts stay); 0 keeps them for ever.
+    "NUDGE_RETENTION_EVENT_PAYLOAD_DAYS": 90,
+    "NUDGE_RETENTION_MESSAGE_BODY_DAYS": 90,
+    "NUDGE_RETENTION_BATCH": 1000,
     # --- media tasks (image compression on their own cluster)
     "NUDGE_MEDIA_CLUSTER": "media",
     "NUDGE_MEDIA_MAX_UPLOAD_BYTES": 25 * 1024 * 1024,

@@ -8,7 +8,8 @@ these endpoints (`schema/`) is there when the project uses drf-spectacular as DR
 (REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"): the views'
 `@extend_schema` is built on that class when they are imported. Its docs page (`docs/`) needs
 "drf_spectacular" and "drf_spectacular_sidecar" in INSTALLED_APPS too (its template and local
-Swagger UI files). No SPECTACULAR_SETTINGS are needed.
+Swagger UI files). No SPECTACULAR_SETTINGS are needed. Any other path under the prefix is a
+JSON 404 (nudge.api.not_found), as the API's other answers are JSON.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
-from django.urls import URLPattern, URLResolver, include, path
+from django.urls import URLPattern, URLResolver, include, path, re_path
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.settings import patched_settings
 from drf_spectacular.utils import extend_schema
@@ -25,7 +26,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
-from nudge.api import SCHEMA_SETTINGS
+from nudge.api import SCHEMA_SETTINGS, not_found
 
 app_name = "nudge"
 
@@ -72,3 +73,5 @@ if schema_available():
     )
 if docs_available():
     urlpatterns.append(path("docs/", APIDocsView.as_view(), name="api-docs"))
+# Last: any other path under Nudge's prefix is a JSON 404 (not the site's HTML page).
+urlpatterns.append(re_path(r"^(?P<unknown>[\s\S]*)$", not_found, name="api-not-found"))

@@ -9,7 +9,9 @@ class ScheduledSendSerializer(serializers.ModelSerializer):
     journey = serializers.CharField(source="journey.slug", read_only=True)
     step = serializers.IntegerField(source="step_position", read_only=True)
     customer = serializers.CharField(source="customer.external_id", read_only=True)
-    cart = serializers.CharField(source="cart.external_id", read_only=True, default=None)
+    cart = serializers.CharField(
+        source="cart.external_id", read_only=True, default=None, allow_null=True
+    )
 
     class Meta:
         model = ScheduledSend

@@ -9,7 +9,6 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from journeys import selectors, services
 from journeys.api.serializers import (
@@ -18,7 +17,7 @@ from journeys.api.serializers import (
     ScheduledSendSerializer,
 )
 from journeys.models import ScheduledSend
-from nudge.api import Pagination
+from nudge.api import AUTHENTICATED_ERRORS, AuthenticatedAPIView, Pagination, error_responses
 
 
 class HasPermission(BasePermission):
@@ -38,14 +37,17 @@ class CanChangeSends(HasPermission):
     perm = "journeys.change_scheduledsend"
 
 
-class ScheduledSendListView(GenericAPIView):
+class ScheduledSendListView(AuthenticatedAPIView, GenericAPIView):
     permission_classes = [IsAuthenticated, CanViewSends]
     pagination_class = Pagination
     serializer_class = ScheduledSendSerializer
 
     @extend_schema(
         operation_id="sends_list",
-        responses=ScheduledSendSerializer(many=True),
+        responses={
+            200: ScheduledSendSerializer(many=True),
+            **error_responses(400, *AUTHENTICATED_ERRORS),
+        },
         parameters=[
             OpenApiParameter("customer", str, description="Customer external id."),
             OpenApiParameter("journey", str, description="Journey slug."),
@@ -61,21 +63,27 @@ class ScheduledSendListView(GenericAPIView):
         return self.get_paginated_response(ScheduledSendSerializer(page, many=True).data)
 
 
-class ScheduledSendDetailView(APIView):
+class ScheduledSendDetailView(AuthenticatedAPIView):
     permission_classes = [IsAuthenticated, CanViewSends]
 
-    @extend_schema(responses=ScheduledSendSerializer, summary="One scheduled send.")
+    @extend_schema(
+        responses={200: ScheduledSendSerializer, **error_responses(404, *AUTHENTICATED_ERRORS)},
+        summary="One scheduled send.",
+    )
     def get(self, request: Request, send_id: int) -> Response:
         send = get_object_or_404(selectors.scheduled_sends(), pk=send_id)
         return Response(ScheduledSendSerializer(send).data)
 
 
-class ScheduledSendCancelView(APIView):
+class ScheduledSendCancelView(AuthenticatedAPIView):
     permission_classes = [IsAuthenticated, CanChangeSends]
 
     @extend_schema(
         request=ScheduledSendCancelSerializer,
-        responses={200: ScheduledSendSerializer},
+        responses={
+            200: ScheduledSendSerializer,
+            **error_responses(400, 404, 409, 415, *AUTHENTICATED_ERRORS),
+        },
         summary="Cancel a send that has not gone out (409 when it already has an outcome).",
     )
     def post(self, request: Request, send_id: int) -> Response:

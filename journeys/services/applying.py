@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError
 
 from journeys.services.enrolment import enrolment_plan_apply
+from journeys.services.erasure import erased_customers_settle
 from marketing import services as marketing_services
+from nudge.db.retry import atomic_retried
 
 logger = logging.getLogger(__name__)
 
@@ -20,20 +22,21 @@ def events_apply(*, event_ids: list[int]) -> int:
     already applied is skipped. Returns how many were applied.
 
     The chunk is applied in one transaction with its customers locked (the enrolment plan
-    reads what it needs once for all of it). If that fails, each event is applied in its own
+    reads what it needs once for all of it); a transaction PostgreSQL aborts to break a
+    deadlock is run again (nudge.db.retry). If that fails, each event is applied in its own
     transaction: an event whose application fails keeps its error and is retried after the
     lease, until it has failed NUDGE_SEND_MAX_ATTEMPTS times; the others go on.
     """
     ids = sorted(set(event_ids))
     if len(ids) > 1:
         try:
-            return _events_apply_together(ids)
+            return _events_apply_retried(ids)
         except Exception:
             logger.warning("applying %d events together failed", len(ids), exc_info=True)
     applied = 0
     for event_id in ids:
         try:
-            applied += _events_apply_together([event_id])
+            applied += _events_apply_retried([event_id])
         except DatabaseError:
             raise  # the database is unavailable: the task fails, the lease brings it back
         except Exception as exc:
@@ -44,15 +47,19 @@ def events_apply(*, event_ids: list[int]) -> int:
     return applied
 
 
-@transaction.atomic
+def _events_apply_retried(event_ids: list[int]) -> int:
+    return atomic_retried(lambda: _events_apply_together(event_ids), what="applying events")
+
+
 def _events_apply_together(event_ids: list[int]) -> int:
-    # marketing locks the events, then their customers, each in id order: appliers never
-    # wait for each other in a cycle, and a webhook locks one customer (a batch: its
-    # customers in id order)
+    # in the caller's transaction: marketing locks the events, then their customers, each in
+    # primary-key order, the order every path that locks several customers takes (a batch
+    # too): appliers and batches never wait for each other in a cycle, and a webhook locks
+    # one customer
     events = marketing_services.events_lock_for_apply(event_ids=event_ids)
     if not events:
         return 0
-    enrolment_plan_apply(events=events)
+    enrolment_plan_apply(events=erased_customers_settle(events=events))
     marketing_services.events_mark_applied(event_ids=[event.pk for event in events])
     return len(events)
 

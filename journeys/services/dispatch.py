@@ -47,13 +47,14 @@ from journeys.channels import (
 from journeys.channels.sms import phone_normalise, sms_segments
 from journeys.durations import humanize
 from journeys.models import ScheduledSend
-from journeys.rendering import render
+from journeys.rendering import render, render_subject
 from journeys.services import inflight, providers
 from journeys.services.exits import exit_event_first, exit_reason
 from journeys.sqlnames import sql
 from marketing.models import Cart, Channel, Customer, Event, Suppression
 from marketing.services.canonical import iso_utc
 from marketing.services.consent import opted_out_reason, unsubscribe_headers, unsubscribe_url
+from marketing.services.erasure import erased_addresses
 from marketing.services.suppression import suppressed_reason, suppression_address
 from nudge import shutdown
 from nudge.db.rows import related_set, rows_as_instances, select_list
@@ -498,24 +499,33 @@ def _exit_events_for(sends: list[ScheduledSend]) -> dict[int, Event]:
 
 
 def _suppressions_for(sends: list[ScheduledSend]) -> dict[int, Suppression]:
-    """For each send whose address is suppressed (a hard bounce, a complaint), its
-    suppression, by send id: one query for the whole chunk, none when it is empty."""
-    addresses: dict[int, tuple[str, str]] = {}
+    """For each send whose address is suppressed (a hard bounce, a complaint) or whose
+    customer's id, email or phone was erased (its hashed entries,
+    marketing.services.erasure), its suppression, by send id, the erasure's first: one
+    query for the whole chunk, none when it is empty."""
+    addresses: dict[int, list[tuple[str, str]]] = {}
     for send in sends:
         # the stored address, not _recipient(): a phone is stored E.164 (Customer.phone's
         # validator), and parsing it again with phonenumbers here would double that cost
         customer = send.customer
         recipient = customer.email if send.channel == Channel.EMAIL else customer.phone
-        if recipient:
-            addresses[send.pk] = (send.channel, suppression_address(send.channel, recipient))
+        hashed = erased_addresses(
+            channel=send.channel, external_id=customer.external_id, address=recipient
+        )
+        plain = [suppression_address(send.channel, recipient)] if recipient else []
+        addresses[send.pk] = [(send.channel, address) for address in [*hashed, *plain]]
     if not addresses:
         return {}
-    pairs = set(addresses.values())
+    pairs = {pair for candidates in addresses.values() for pair in candidates}
     where = Q()
     for channel in {c for c, _ in pairs}:
         where |= Q(channel=channel, address__in=[a for c, a in pairs if c == channel])
     found = {(s.channel, s.address): s for s in Suppression.objects.filter(where)}
-    return {pk: found[pair] for pk, pair in addresses.items() if pair in found}
+    return {
+        pk: next(found[pair] for pair in candidates if pair in found)
+        for pk, candidates in addresses.items()
+        if any(pair in found for pair in candidates)
+    }
 
 
 # --- deciding and sending -------------------------------------------------------------------
@@ -656,7 +666,7 @@ def _call_prepare(
         context["unsubscribe_url"] = unsubscribe_url(customer_id=send.customer_id)
         headers = unsubscribe_headers(url=context["unsubscribe_url"])
     send.recipient = _recipient(send)
-    send.subject = render(send.step.subject, context) if send.step.subject else ""
+    send.subject = render_subject(send.step.subject, context) if send.step.subject else ""
     send.body = render(send.step.body, context)
     if send.channel == Channel.SMS:
         send.segments = sms_segments(send.body)

@@ -48,6 +48,34 @@ def _validate_timezone(value: str) -> None:
         raise serializers.ValidationError(f"unknown time zone {value!r}")
 
 
+# An amount written as a string: ASCII digits, an optional sign and at most one decimal point.
+# Decimal() alone also takes "1_000", "1e3", "١٢٣" (Arabic-Indic digits) and full-width digits.
+_PLAIN_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
+class AmountField(serializers.DecimalField):
+    """A money amount as the columns store it (their digits and decimal places, at least 0),
+    from a plain decimal string ("120.00") or a JSON number, never another spelling."""
+
+    default_error_messages = {
+        **serializers.DecimalField.default_error_messages,
+        "invalid": "A decimal number in ASCII digits, e.g. 120.00 (no exponent, no '_').",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            max_digits=MONEY_MAX_DIGITS,
+            decimal_places=MONEY_DECIMAL_PLACES,
+            min_value=0,
+            **kwargs,
+        )
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and _PLAIN_DECIMAL.fullmatch(data.strip()) is None:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class CurrencyField(serializers.RegexField):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
@@ -83,9 +111,7 @@ class UserSerializer(serializers.Serializer):
 
 class CartSerializer(serializers.Serializer):
     id = serializers.CharField(max_length=MAX_LENGTH["cart.id"])
-    total = serializers.DecimalField(
-        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, min_value=0
-    )
+    total = AmountField()
     currency = CurrencyField()
     checkout_url = serializers.URLField(
         max_length=MAX_LENGTH["cart.checkout_url"], required=False, allow_blank=True
@@ -100,9 +126,7 @@ class PaymentSerializer(serializers.Serializer):
     cart_id = serializers.CharField(
         max_length=MAX_LENGTH["payment.cart_id"], required=False, allow_null=True
     )
-    amount = serializers.DecimalField(
-        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, min_value=0
-    )
+    amount = AmountField()
     currency = CurrencyField()
     discount_code = serializers.CharField(
         max_length=MAX_LENGTH["payment.discount_code"],

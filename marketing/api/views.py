@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
@@ -13,7 +14,7 @@ from django.db import transaction
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import BaseParser
+from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -24,7 +25,7 @@ from marketing import services, webhooks
 from marketing.api.serializers import EventBatchSerializer, EventSerializer
 from marketing.models import Event
 from marketing.validation import event_validate
-from nudge.api import exception_handler
+from nudge.api import error_responses, exception_handler
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ class SignedEventView(APIView):
 
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
+    # Not throttled: this is the ingest path, where high volume is normal (the signature is
+    # the authentication). JSONParser only documents the body: the views read the raw bytes.
+    throttle_classes: list[Any] = []
+    parser_classes = [JSONParser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = JSONAnswers
     max_bytes = 0
@@ -67,9 +72,20 @@ class SignedEventView(APIView):
 
     def _verified_json(self, request: Request) -> tuple[Any, Response | None]:
         length = request.META.get("CONTENT_LENGTH") or "0"
-        if length.isdigit() and int(length) > self.max_bytes:
+        if length.isascii() and length.isdigit() and int(length) > self.max_bytes:
             return None, self._too_large()
-        body = request._request.body  # raw bytes, before any parsing
+        if _chunked(request):
+            if not request.META.get("wsgi.input_terminated"):
+                return None, Response(
+                    {
+                        "detail": "A chunked body needs a server that de-chunks it "
+                        "(gunicorn does); send a Content-Length."
+                    },
+                    status=status.HTTP_411_LENGTH_REQUIRED,
+                )
+            body = _read_at_most(request.META["wsgi.input"], self.max_bytes + 1)
+        else:
+            body = request._request.body  # raw bytes, before any parsing
         if len(body) > self.max_bytes:
             return None, self._too_large()
         try:
@@ -104,6 +120,26 @@ class SignedEventView(APIView):
         )
 
 
+def _chunked(request: Request) -> bool:
+    """A body sent with `Transfer-Encoding: chunked` and no Content-Length: Django reads such a
+    body as empty (it trusts CONTENT_LENGTH only), so the view reads the WSGI stream itself."""
+    encoding = request.META.get("HTTP_TRANSFER_ENCODING", "")
+    return "chunked" in encoding.lower() and not request.META.get("CONTENT_LENGTH")
+
+
+def _read_at_most(stream: Any, limit: int) -> bytes:
+    """Up to `limit` bytes of a de-chunked WSGI input (gunicorn's ends at the last chunk)."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        part = stream.read(min(64 * 1024, limit - size))
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
 def _refuse_non_finite(text: str) -> float:
     number = float(text)
     if not math.isfinite(number):
@@ -121,10 +157,14 @@ MAX_JSON_DEPTH = 64
 
 
 def _strict_json_loads(body: bytes) -> Any:
-    """RFC 8259 JSON only: NaN, Infinity and numbers beyond a double cannot be stored (jsonb
-    refuses them), integers over Python's 4,300 digits raise ValueError, and nesting is
-    limited to MAX_JSON_DEPTH; all are 400s."""
-    document = json.loads(body, parse_float=_refuse_non_finite, parse_constant=_refuse_constant)
+    """RFC 8259 JSON only: UTF-8 (json.loads would also take UTF-16 and UTF-32 bytes, and a
+    UTF-8 byte order mark, which RFC 8259 says senders must not add), no NaN or Infinity and
+    no numbers beyond a double (jsonb refuses them), integers over Python's 4,300 digits raise
+    ValueError, and nesting is limited to MAX_JSON_DEPTH; all are 400s."""
+    if body.startswith(codecs.BOM_UTF8):
+        raise ValueError("it starts with a UTF-8 byte order mark (send UTF-8 without one)")
+    text = body.decode("utf-8")  # strict: UnicodeDecodeError is a ValueError
+    document = json.loads(text, parse_float=_refuse_non_finite, parse_constant=_refuse_constant)
     containers = [document] if isinstance(document, dict | list) else []
     for _ in range(MAX_JSON_DEPTH):  # level by level, not recursively
         containers = [
@@ -158,6 +198,19 @@ def _ingest_one(payload: Any) -> tuple[int, dict[str, Any]]:
     return _answer(result)
 
 
+# Answers of both endpoints that are about the request's body or the server, not the events.
+_TRANSPORT_ERRORS = {
+    411: OpenApiResponse(
+        description="Chunked body on a server that does not de-chunk it: send a Content-Length."
+    ),
+    413: OpenApiResponse(
+        description="Body over the size limit (NUDGE_EVENT_MAX_BYTES, 256 KiB; "
+        "a batch: NUDGE_BATCH_MAX_BYTES, 8 MiB)."
+    ),
+    503: error_responses(503)[503],
+}
+
+
 class EventIngestView(SignedEventView):
     @property
     def max_bytes(self) -> int:  # type: ignore[override]
@@ -174,8 +227,7 @@ class EventIngestView(SignedEventView):
             400: OpenApiResponse(description="Invalid JSON or schema, with field errors."),
             401: OpenApiResponse(description="Missing or bad signature, or stale timestamp."),
             409: OpenApiResponse(description="Known event id with a different body."),
-            413: OpenApiResponse(description="Body over 256 KiB."),
-            503: OpenApiResponse(description="Database unavailable: retry."),
+            **_TRANSPORT_ERRORS,
         },
         summary="Ingest one signed event (Standard Webhooks).",
     )
@@ -194,7 +246,12 @@ class EventBatchIngestView(SignedEventView):
 
     @extend_schema(
         request=EventBatchSerializer,
-        responses={200: OpenApiResponse(description="One result per event, in order.")},
+        responses={
+            200: OpenApiResponse(description="One result per event, in order."),
+            400: OpenApiResponse(description="Invalid JSON or envelope, with field errors."),
+            401: OpenApiResponse(description="Missing or bad signature, or stale timestamp."),
+            **_TRANSPORT_ERRORS,
+        },
         summary="Ingest up to 1,000 signed events; answered per item.",
     )
     def post(self, request: Request) -> Response:

@@ -63,9 +63,10 @@ def events_lock_for_apply(*, event_ids: list[int]) -> list[Event]:
 
     Runs inside the caller's transaction (it raises outside one), which holds the locks until
     it commits: what the caller writes for these events and events_mark_applied commit or roll
-    back together, so an event is applied once. Events, then customers, each in id order:
-    appliers never wait for each other in a cycle, and a webhook locks one customer (a batch:
-    its customers in id order).
+    back together, so an event is applied once. Events, then customers, each in primary-key
+    order: appliers never wait for each other in a cycle, a webhook locks one customer, and a
+    batch locks its customers in primary-key order too (services.batch); a batch inserts
+    events but never waits for an event row's lock.
     """
     if not connection.in_atomic_block:
         raise TransactionManagementError("events_lock_for_apply runs inside a transaction")

@@ -13,7 +13,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from marketing.models import Event
+from marketing.models import Customer, Event
 from marketing.services.canonical import canonical_json, text_sha256
 from marketing.services.ingest import (
     EVENT_COLUMNS,
@@ -31,8 +31,9 @@ from marketing.services.outcomes import (
     event_repeat_or_conflict,
 )
 from marketing.services.profiles import (
+    BATCH_CUSTOMERS_INSERT_SQL,
+    BATCH_CUSTOMERS_LOCK_SQL,
     BATCH_CUSTOMERS_UPDATE_SQL,
-    BATCH_CUSTOMERS_UPSERT_SQL,
     CUSTOMER_TABLE,
     customer_profiles_arrays,
 )
@@ -44,6 +45,7 @@ from marketing.services.purchases import (
     payments_arrays,
 )
 from marketing.signals import events_stored
+from nudge.db.retry import atomic_retried
 
 Item = tuple[dict[str, Any], dict[str, Any]]  # (validated data, payload as received)
 
@@ -55,8 +57,19 @@ def events_ingest_batch(*, source: str, items: list[Item]) -> list[BatchOutcome]
     On PostgreSQL the batch is stored with a few set-based statements (one per table, not one
     per event); a refused item (conflict, someone else's cart) leaves the others intact. If
     a concurrent writer gets in the way of the set-based pass, the batch is stored item by
-    item instead, with the same outcomes. Call it inside a transaction.
+    item instead, with the same outcomes.
+
+    The batch's customers are locked in primary-key order, as appliers and every other path
+    that locks several customers lock them (new ones are inserted first, in external id
+    order, the only order concurrent inserts of one id can agree on). Should PostgreSQL
+    still abort the batch to break a deadlock, it is rolled back to where it began (a
+    savepoint when called inside a transaction, as the batch view does) and run again
+    (nudge.db.retry), rather than failing the request.
     """
+    return atomic_retried(lambda: _events_ingest_batch(source, items), what="event batch")
+
+
+def _events_ingest_batch(source: str, items: list[Item]) -> list[BatchOutcome]:
     if connection.vendor == "postgresql" and len(items) > 1:
         savepoint = transaction.savepoint()
         try:
@@ -66,10 +79,23 @@ def events_ingest_batch(*, source: str, items: list[Item]) -> list[BatchOutcome]
         else:
             transaction.savepoint_commit(savepoint)
             return at_once
-    # item by item, in customer order, so that two concurrent batches lock customers in the
-    # same order; the outcomes are given back in the items' order
+    # Item by item: the known customers are locked first, in one statement in primary-key
+    # order, then the items go in that order, those of new customers last, by external id;
+    # the outcomes are given back in the items' order.
+    known = dict(
+        Customer.objects.select_for_update()
+        .filter(external_id__in={data["user"]["id"] for data, _ in items})
+        .order_by("pk")
+        .values_list("external_id", "pk")
+    )
+
+    def customer_order(index: int) -> tuple[bool, int, str]:
+        user_id = items[index][0]["user"]["id"]
+        pk = known.get(user_id)
+        return (pk is None, pk or 0, user_id)
+
     outcomes: dict[int, BatchOutcome] = {}
-    for index in sorted(range(len(items)), key=lambda i: items[i][0]["user"]["id"]):
+    for index in sorted(range(len(items)), key=customer_order):
         outcomes[index] = event_ingest_outcome(source, *items[index])
     return [outcomes[index] for index in range(len(items))]
 
@@ -177,14 +203,15 @@ def _batch_store(source: str, items: list[Item]) -> list[BatchOutcome]:
                 if len(by_user[user]) > round_
             ]
             created: set[str] = set()
-            if round_ == 0:  # all the batch's customers
+            if round_ == 0:  # all the batch's customers: the new ones in, then all locked
                 cursor.execute(
-                    BATCH_CUSTOMERS_UPSERT_SQL, [now, now, *customer_profiles_arrays(profiles)]
+                    BATCH_CUSTOMERS_INSERT_SQL, [now, now, *customer_profiles_arrays(profiles)]
                 )
-                for external_id, pk, inserted in cursor.fetchall():
-                    customer_ids[external_id] = pk
-                    if inserted:
-                        created.add(external_id)
+                created = {external_id for (external_id,) in cursor.fetchall()}
+                cursor.execute(BATCH_CUSTOMERS_LOCK_SQL, [users])
+                customer_ids = dict(cursor.fetchall())
+                if len(customer_ids) != len(users):
+                    raise _BatchRaced  # a customer went away meanwhile
             known = [(user, as_of) for user, as_of in profiles if user["id"] not in created]
             if known:
                 cursor.execute(BATCH_CUSTOMERS_UPDATE_SQL, [now, *customer_profiles_arrays(known)])

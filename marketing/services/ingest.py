@@ -47,6 +47,7 @@ from marketing.services.purchases import (
 from marketing.signals import events_stored
 from marketing.validation import event_validate
 from nudge.db import prepared
+from nudge.db.retry import retried
 
 EVENT_TABLE = table(Event)
 # A new event's columns: what it says, then the state of its application, which starts at the
@@ -86,8 +87,16 @@ def event_ingest(*, source: str, data: dict[str, Any], payload: dict[str, Any]) 
     event is committed.
 
     On PostgreSQL its fixed statements run prepared (see nudge.db.prepared); if a pooler
-    turns out to be in the way, the transaction is run again without them.
+    turns out to be in the way, the transaction is run again without them. A transaction
+    PostgreSQL aborts to break a deadlock is run again too (nudge.db.retry), unless the
+    caller's transaction holds it (a batch item by item: the batch is retried).
     """
+    return retried(lambda: _event_ingest_prepared(source, data, payload), what="event")
+
+
+def _event_ingest_prepared(
+    source: str, data: dict[str, Any], payload: dict[str, Any]
+) -> IngestResult:
     if prepared.usable():
         try:
             with prepared.within():

@@ -164,10 +164,14 @@ def customer_store(*, user: dict[str, Any], as_of: datetime) -> int:
 _PROFILES = f"""unnest(%s::text[], {", ".join(f"%s::{c.param_type}[]" for c in CUSTOMER_PROFILE)},
               %s::timestamptz[])
        AS v(id, {", ".join(c.name for c in CUSTOMER_PROFILE)}, as_of)"""
-# Every customer of a batch, in one order (so concurrent batches never deadlock): a new one is
-# inserted with the profile of its first event, a known one is only locked (the no-op update),
-# to be updated next. `xmax = 0` tells the inserted rows.
-BATCH_CUSTOMERS_UPSERT_SQL = f"""
+# A batch's customers in two steps, so that they are locked in primary-key order, the order
+# appliers (marketing.services.applying) and every other path lock several customers in (the
+# external id order this once used deadlocked with them whenever customers had arrived out of
+# id order). First the new ones, inserted with the profile of their first event, in external
+# id order: the only order two batches inserting one new id can agree on before it has a
+# primary key. DO NOTHING takes no lock on a known customer (it waits only for a concurrent
+# insert of the same id to end); it returns the inserted rows.
+BATCH_CUSTOMERS_INSERT_SQL = f"""
 INSERT INTO {CUSTOMER_TABLE}
        (external_id, {", ".join(c.column for c in CUSTOMER_PROFILE)},
         profile_as_of, created_at, updated_at)
@@ -175,8 +179,14 @@ SELECT v.id, {", ".join(f"COALESCE(v.{c.name}, {literal(c.default)})" for c in C
        v.as_of, %s, %s
   FROM {_PROFILES}
  ORDER BY v.id
-ON CONFLICT (external_id) DO UPDATE SET external_id = excluded.external_id
-RETURNING external_id, id, xmax = 0
+ON CONFLICT (external_id) DO NOTHING
+RETURNING external_id
+"""  # noqa: S608 - the models' names only, no input
+# Then all of them, new and known, locked in primary-key order (LockRows sits above the sort),
+# to be updated next.
+BATCH_CUSTOMERS_LOCK_SQL = f"""
+SELECT external_id, id FROM {CUSTOMER_TABLE} WHERE external_id = ANY(%s::text[])
+ ORDER BY id FOR UPDATE
 """  # noqa: S608 - the models' names only, no input
 BATCH_CUSTOMERS_UPDATE_SQL = f"""
 UPDATE {CUSTOMER_TABLE} c

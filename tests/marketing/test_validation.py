@@ -485,7 +485,7 @@ def text(max_length: int | None, *validators: str, cls: str = "CharField", **kwa
 
 def test_the_fast_path_knows_the_serializers_fields():
     """validation.py copies the serializer's limits: a change there must be made there too."""
-    money = spec("DecimalField", "MinValueValidator", max_digits=12, decimal_places=2)
+    money = spec("AmountField", "MinValueValidator", max_digits=12, decimal_places=2)
     currency = text(None, "RegexValidator", cls="CurrencyField")
     nested: dict[str, Any] = {"validators": []}
     expected = {

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -19,7 +20,14 @@ def media_root(settings, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def api_client(db) -> APIClient:
+    """The shop's integration token: uploads images and reads every one (see test_api_access)."""
     user = get_user_model().objects.create_user("shop", password="unused-password")
+    user.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="media_tasks",
+            codename__in=["add_uploadedimage", "view_uploadedimage", "view_all_uploadedimages"],
+        )
+    )
     token = Token.objects.create(user=user)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
