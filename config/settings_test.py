@@ -17,3 +17,6 @@ INSTALLED_APPS = [*INSTALLED_APPS, "tests.hostapp"]  # noqa: F405
 # Emails stay in django.core.mail.outbox (as Django's test runner does), also in the worker
 # processes some tests start; the SMTP tests name their own backend.
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# The suite's tests post an event and dispatch what is due at once, as if it had arrived
+# long ago; tests/journeys/test_settling.py sets NUDGE_SETTLE_SECONDS itself.
+NUDGE_SETTLE_SECONDS = 0.0
