@@ -149,6 +149,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--outage-rate", type=float, default=200.0, help="sends/s of the outage stream"
     )
     parser.add_argument("--skip-provider", action="store_true", help="no provider scenario (nan)")
+    parser.add_argument(
+        "--paths-sends",
+        type=int,
+        default=2_000,
+        help="messages due at once through each of the Twilio and SMTP paths (provider_paths)",
+    )
+    parser.add_argument(
+        "--skip-paths", action="store_true", help="no Twilio/SMTP bursts (provider_paths nan)"
+    )
     parser.add_argument("--keep", metavar="DIR", help="keep process logs in DIR")
     args = parser.parse_args(argv)
     for name, quick in QUICK.items():
@@ -1051,6 +1060,12 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_provider:
             # after the null-provider checks: its SMS reach the fake provider's calls file
             provider_figures = provider.run(args, median(large["rate"]), f"{RUN}prov", work, logs)
+        paths_figures = None
+        if not args.skip_paths:
+            paths_figures = provider.paths_run(
+                args.paths_sends, args.provider_latency_ms, f"{RUN}path", work, logs
+            )
+            paths_figures["latency_ms"] = args.provider_latency_ms
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -1178,6 +1193,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"BENCH memory worker_peak_rss_mb={fmt(max(m['rss_mb'], s.get('rss_mb', 0)))}")
     print(media.bench_line(media_figures, 0 if args.skip_media else args.media_images))
     print(provider.bench_line(provider_figures))
+    print(provider.paths_line(paths_figures))
 
 
 def _triple(figures: dict[str, float], kind: str) -> str:
