@@ -8,13 +8,15 @@ from datetime import datetime, timedelta
 from django.db import connection
 
 # One statement per chunk: customers, one enrolment each, one pending send each (email unless
-# told otherwise).
+# told otherwise). Each customer has a number of its own (a valid US one, +1 415 NXX XXXX), so
+# that a provider that knows a message only by its To (the fake Twilio) tells them apart.
 # The trigger occurred an hour ago, so any payment of these customers "now" exits them.
 _SENDS_SQL = """
 WITH c AS (
     INSERT INTO marketing_customer (external_id, email, phone, first_name, timezone,
                                     consent_email, consent_sms, created_at, updated_at)
-    SELECT %(prefix)s || g, %(prefix)s || g || '@example.com', '+14155550101', 'Ana', 'UTC',
+    SELECT %(prefix)s || g, %(prefix)s || g || '@example.com', '+1415' || (2000000 + g %% 8000000),
+           'Ana', 'UTC',
            true, true, now(), now()
       FROM generate_series(%(first)s, %(last)s) g
     RETURNING id

@@ -79,8 +79,12 @@ class Fake:
         self.session.post(f"{self.url}/_stats/reset", timeout=5).raise_for_status()
 
     def deliveries(self) -> Counter[int]:
+        return Counter(int(line) for line in self.deliveries_raw() if line.isdigit())
+
+    def deliveries_raw(self) -> list[str]:
+        """Every delivery's key, as the fake wrote it (a send id, or a Twilio To number)."""
         self.stats()  # flushes the calls file
-        return Counter(int(line) for line in self.calls.read_text().split())
+        return self.calls.read_text().split()
 
 
 def fake_start(
@@ -91,12 +95,17 @@ def fake_start(
     host: str = "127.0.0.1",
     name: str = "fake_provider",
     record_peer: bool = False,
+    smtp_port: int | None = None,
 ) -> Fake:
     port = free_port()
     calls = work / ("provider.calls" if name == "fake_provider" else f"{name}.calls")
     command = [PY, "-m", "bench.fake_provider", "--host", host, "--port", str(port)]
     command += ["--calls-file", str(calls), "--latency-ms", str(latency_ms)]
-    process = procs.start(name, command + (["--record-peer"] if record_peer else []))
+    if record_peer:
+        command += ["--record-peer"]
+    if smtp_port is not None:
+        command += ["--smtp-port", str(smtp_port)]
+    process = procs.start(name, command)
     fake = Fake(url=f"http://{host}:{port}", calls=calls, session=requests.Session())
     deadline = time.monotonic() + 30
     while True:
@@ -110,14 +119,17 @@ def fake_start(
             time.sleep(0.1)
 
 
-def sms_journey() -> tuple[Any, Any]:
+def sms_journey(channel: str = "sms") -> tuple[Any, Any]:
     from journeys import services
     from journeys.selectors import known_event_types
     from journeys.specs import journey_spec_parse
 
+    template: dict[str, Any] = {"body": "Hi {{ customer.first_name }}, your cart is waiting."}
+    if channel == "email":
+        template["subject"] = "Your cart, {{ customer.first_name }}"
     spec = {
-        "slug": "bench-sms",
-        "name": "Bench SMS",
+        "slug": f"bench-{channel}",
+        "name": f"Bench {channel}",
         "trigger": "checkout_started",
         "exit_on": ["payment_finished"],
         "dedupe": "first",
@@ -126,14 +138,14 @@ def sms_journey() -> tuple[Any, Any]:
         "steps": [
             {
                 "delay": "PT10M",
-                "channel": "sms",
-                "template": {"body": "Hi {{ customer.first_name }}, your cart is waiting."},
+                "channel": channel,
+                "template": template,
             }
         ],
     }
     parsed, errors = journey_spec_parse(spec, known_types=known_event_types())
     if errors or parsed is None:
-        raise BenchFailure(f"bench SMS journey refused: {errors}")
+        raise BenchFailure(f"bench {channel} journey refused: {errors}")
     journey, _ = services.journey_save_spec(spec=parsed)
     return journey, journey.steps.get(position=0)
 
@@ -447,6 +459,111 @@ def run(args: argparse.Namespace, null_rate: float, tag: str, work: Path, logs: 
     outage = figures["outage"]
     figures["lost"] = outage["n"] - outage["statuses"].get("sent", 0)
     return figures
+
+
+PATHS = ("twilio", "smtp")
+
+
+def paths_run(n: int, latency_ms: float, tag: str, work: Path, logs: Path) -> dict[str, Any]:
+    """A burst of `n` messages due at once through each of the other real code paths to the
+    same fake provider: Twilio's Messages API (the `twilio` package, one pooled session per
+    worker process) and SMTP (Django's backend, NUDGE_EMAIL_MAX_CONNECTIONS per process).
+    Each path gets a fresh cluster and ticker configured for it; each message must reach the
+    provider exactly once. Returns per path: rate, outcome, deliveries and duplicates."""
+    from bench import data
+
+    procs = Processes(logs)
+    smtp_port = free_port()
+    results: dict[str, Any] = {}
+    try:
+        fake = fake_start(procs, work, latency_ms, name="fake_paths", smtp_port=smtp_port)
+        sid = "AC" + secrets.token_hex(16)
+        envs = {
+            "twilio": {
+                "NUDGE_SMS_CHANNEL": "journeys.channels.sms.SmsChannel",
+                "NUDGE_SMS_URL": f"twilio://{sid}:bench-token@{fake.url.split('//')[1]}"
+                "?scheme=http&from=%2B15005550006",
+            },
+            "smtp": {
+                "NUDGE_EMAIL_CHANNEL": "journeys.channels.email.EmailChannel",
+                "EMAIL_URL": f"smtp://127.0.0.1:{smtp_port}",
+            },
+        }
+        for path in PATHS:
+            channel = "sms" if path == "twilio" else "email"
+            journey, step = sms_journey(channel)
+            engine = Processes(logs)
+            try:
+                start_engine(engine, **envs[path])
+                first = max_send_id() + 1
+                due = db_now() + timedelta(seconds=3.0 + 2 * n / 5_000)
+                data.sends_create(
+                    prefix=f"{tag}-{path}-", count=n, journey_id=journey.pk,
+                    step_id=step.pk, due=due, channel=channel,
+                )  # fmt: skip
+                last = max_send_id()
+                fake.reset()
+                log(f"provider paths: burst of {n} through {path}, {latency_ms:.0f} ms")
+                wait_until_decided(first, last, timeout=600, procs=engine)
+            finally:
+                engine.stop()
+            timing = sent_timing(first, last)
+            stats = fake.stats()
+            results[path] = {
+                "rate": timing["sent"] / timing["elapsed"] if timing["elapsed"] else 0.0,
+                "statuses": outcomes(first, last),
+                "inflight_max": stats["inflight_max"],
+                **_delivered_once(fake, path, first, last),
+            }
+            log(f"  {results[path]}")
+    finally:
+        procs.stop()
+    return results
+
+
+def _delivered_once(fake: Fake, path: str, first: int, last: int) -> dict[str, int]:
+    """The fake knows a Twilio message by its To number (each bench customer has its own)
+    and an email by the send id in its Message-ID: map both back to send ids."""
+    delivered = fake.deliveries_raw()
+    if path == "twilio":
+        rows = sql(
+            "SELECT c.phone, s.id FROM journeys_scheduledsend s JOIN marketing_customer c "
+            "ON c.id = s.customer_id WHERE s.id BETWEEN %s AND %s",
+            [first, last],
+        )
+        by_key = {str(phone): pk for phone, pk in rows}
+        counts = Counter(by_key[key] for key in delivered if key in by_key)
+    else:
+        counts = Counter(int(key) for key in delivered if key.isdigit())
+        counts = Counter({pk: c for pk, c in counts.items() if first <= pk <= last})
+    status = dict(
+        sql(
+            "SELECT id, status FROM journeys_scheduledsend WHERE id BETWEEN %s AND %s",
+            [first, last],
+        )
+    )
+    sent = {pk for pk, st in status.items() if st == "sent"}
+    return {
+        "sent": len(sent),
+        "lost": len(sent - set(counts)),
+        "delivered_unsent": len(set(counts) - sent),
+        "duplicated": sum(1 for c in counts.values() if c > 1),
+    }
+
+
+def paths_line(f: dict[str, Any] | None) -> str:
+    if not f:
+        return (
+            "BENCH provider_paths latency_ms=nan twilio_sends_per_s=nan smtp_sends_per_s=nan "
+            "lost=nan duplicated=nan"
+        )
+    lost = sum(f[p]["lost"] + f[p]["delivered_unsent"] for p in PATHS)
+    lost += sum(f[p]["statuses"].get("failed", 0) for p in PATHS)
+    return (
+        f"BENCH provider_paths latency_ms={fmt(f['latency_ms'])} "
+        f"twilio_sends_per_s={fmt(f['twilio']['rate'])} smtp_sends_per_s={fmt(f['smtp']['rate'])} "
+        f"lost={lost} duplicated={sum(f[p]['duplicated'] for p in PATHS)}"
+    )
 
 
 def _spread(values: list[float]) -> str:

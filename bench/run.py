@@ -171,6 +171,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-scaleout", action="store_true", help="no scale-out scenario (needs root; nan)"
     )
+    parser.add_argument(
+        "--paths-sends",
+        type=int,
+        default=2_000,
+        help="messages due at once through each of the Twilio and SMTP paths (provider_paths)",
+    )
+    parser.add_argument(
+        "--skip-paths", action="store_true", help="no Twilio/SMTP bursts (provider_paths nan)"
+    )
     parser.add_argument("--keep", metavar="DIR", help="keep process logs in DIR")
     args = parser.parse_args(argv)
     for name, quick in QUICK.items():
@@ -1076,6 +1085,12 @@ def main(argv: list[str] | None = None) -> None:
         scaleout_figures = None
         if not args.skip_scaleout:
             scaleout_figures = scaleout.run(args, f"{RUN}scale", logs)
+        paths_figures = None
+        if not args.skip_paths:
+            paths_figures = provider.paths_run(
+                args.paths_sends, args.provider_latency_ms, f"{RUN}path", work, logs
+            )
+            paths_figures["latency_ms"] = args.provider_latency_ms
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -1211,6 +1226,7 @@ def main(argv: list[str] | None = None) -> None:
     print(media.bench_line(media_figures, 0 if args.skip_media else args.media_images))
     print(provider.bench_line(provider_figures))
     print(scaleout.bench_line(scaleout_figures, args.scaleout_hosts))
+    print(provider.paths_line(paths_figures))
 
 
 def _triple(figures: dict[str, float], kind: str) -> str:

@@ -390,6 +390,8 @@ NUDGE_EXTRA_EVENT_TYPES = env.list(
 # The ticker: how often it looks for due sends, how many it claims per query, and how many
 # ids one dispatch task carries.
 NUDGE_TICK_SECONDS = env.float("NUDGE_TICK_SECONDS", default=DEFAULTS["NUDGE_TICK_SECONDS"])
+# No send goes out sooner than this after its trigger event arrived (0: at occurred_at + delay).
+NUDGE_SETTLE_SECONDS = env.float("NUDGE_SETTLE_SECONDS", default=DEFAULTS["NUDGE_SETTLE_SECONDS"])
 NUDGE_CLAIM_BATCH = env.int("NUDGE_CLAIM_BATCH", default=DEFAULTS["NUDGE_CLAIM_BATCH"])
 NUDGE_DISPATCH_CHUNK = env.int("NUDGE_DISPATCH_CHUNK", default=DEFAULTS["NUDGE_DISPATCH_CHUNK"])
 # ids per dispatch task: a task takes them NUDGE_DISPATCH_CHUNK at a time (one short

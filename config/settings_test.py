@@ -20,3 +20,6 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 # django-axes refuses authenticate() without a request, which Django's test client login()
 # makes; the login lock-out tests (tests/nudge/test_login_lockout.py) switch it on.
 AXES_ENABLED = False
+# The suite's tests post an event and dispatch what is due at once, as if it had arrived
+# long ago; tests/journeys/test_settling.py sets NUDGE_SETTLE_SECONDS itself.
+NUDGE_SETTLE_SECONDS = 0.0

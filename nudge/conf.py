@@ -51,6 +51,10 @@ DEFAULTS: dict[str, Any] = {
     # unsubscribe link of every email (List-Unsubscribe) is NUDGE_PUBLIC_URL + its path.
     "NUDGE_PUBLIC_URL": "",
     "NUDGE_EXTRA_EVENT_TYPES": [],
+    # A send never goes out sooner than this after its trigger arrived (received_at): a
+    # burst of late events collapses under dedupe "latest", and a payment just behind a late
+    # trigger still cancels its sends (README, "How sends become due").
+    "NUDGE_SETTLE_SECONDS": 60.0,
     "NUDGE_TICK_SECONDS": 0.2,
     "NUDGE_CLAIM_BATCH": 500,
     "NUDGE_DISPATCH_CHUNK": 100,

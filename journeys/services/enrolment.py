@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import connection
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -232,12 +233,16 @@ class EnrolmentPlan:
         if journey.dedupe == Journey.Dedupe.EVERY:
             dedupe_key = f"{customer_id}:{event.pk}"
         now = timezone.now()
+        settled_at = event.received_at + timedelta(seconds=settings.NUDGE_SETTLE_SECONDS)
         for step in steps:
-            due_at = anchor + step.delay
+            # the later of when the step is due by the event's time and when the event has
+            # settled (nothing goes out within NUDGE_SETTLE_SECONDS of its trigger's arrival)
+            intended_at = anchor + step.delay
+            due_at = max(intended_at, settled_at)
             status, reason = Status.PENDING, ""
             if exit_event is not None:
                 status, reason = Status.CANCELLED, exit_reason(exit_event)
-            elif (late := now - due_at) > journey.max_lateness:
+            elif (late := now - intended_at) > journey.max_lateness:
                 status, reason = Status.SKIPPED, f"stale: {humanize(late)} late at enrolment"
             send = ScheduledSend(
                 enrollment=enrollment,

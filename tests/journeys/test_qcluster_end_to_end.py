@@ -65,6 +65,8 @@ def workers(request) -> Iterator[None]:
         "DATABASE_URL": _database_url(),
         "NUDGE_WEBHOOK_SECRET": SECRET,
         "Q_MESSAGING_WORKERS": "2",
+        # the send of an event posted now goes out 1 s after its arrival at the earliest
+        "NUDGE_SETTLE_SECONDS": "1",
     }
     env.pop("REDIS_URL", None)
     if request.param == "redis":
