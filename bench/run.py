@@ -459,15 +459,16 @@ def start_engine(
 
 
 def wait_for_forks(root: int, timeout: float = 60) -> None:
-    """Until a django-q2 cluster has forked its sentinel, pusher, monitor and workers (at
-    least 5 processes, and no new one for 0.6 s): it is ready for work. Faster than a fixed
-    sleep, and the processes log only warnings, so there is no line to wait for."""
+    """Until a cluster (nudge.cluster: the qcluster process, its sentinel and the workers, at
+    least 3 processes) has forked and no new process came for 0.6 s: it is ready for work.
+    Faster than a fixed sleep, and the processes log only warnings, so there is no line to
+    wait for."""
     deadline, seen, stable_since = time.monotonic() + timeout, 0, time.monotonic()
     while True:
         count = len(descendants(root))
         if count != seen:
             seen, stable_since = count, time.monotonic()
-        elif count >= 5 and time.monotonic() - stable_since >= 0.6:
+        elif count >= 3 and time.monotonic() - stable_since >= 0.6:
             return
         if time.monotonic() > deadline:
             raise BenchFailure(f"the cluster forked only {count} processes in {timeout:.0f} s")

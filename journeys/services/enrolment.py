@@ -233,12 +233,13 @@ class EnrolmentPlan:
         if journey.dedupe == Journey.Dedupe.EVERY:
             dedupe_key = f"{customer_id}:{event.pk}"
         now = timezone.now()
-        settled_at = event.received_at + timedelta(seconds=settings.NUDGE_SETTLE_SECONDS)
+        settle = timedelta(seconds=settings.NUDGE_SETTLE_SECONDS)
+        settled_at = event.received_at + settle if settle > timedelta(0) else None
         for step in steps:
             # the later of when the step is due by the event's time and when the event has
             # settled (nothing goes out within NUDGE_SETTLE_SECONDS of its trigger's arrival)
             intended_at = anchor + step.delay
-            due_at = max(intended_at, settled_at)
+            due_at = max(intended_at, settled_at) if settled_at is not None else intended_at
             status, reason = Status.PENDING, ""
             if exit_event is not None:
                 status, reason = Status.CANCELLED, exit_reason(exit_event)

@@ -157,7 +157,7 @@ def test_the_rate_limit_spaces_the_calls_and_holds_for_every_worker(provider, sm
     arrivals.sort()
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert arrivals[-1] - arrivals[0] >= 0.9
-    assert min(gaps) >= 0.03
+    assert min(gaps) >= 0.025  # 50 ms apart, less the server threads' scheduling noise
     waiting = sorted(
         (s for s in sends() if s.status == Status.SENDING), key=lambda s: s.claimed_at or s.due_at
     )
