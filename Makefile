@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8000
 
-.PHONY: install run test lint bench profile clean
+.PHONY: install run test lint bench profile chaos clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench: install
 
 profile: install
 	NUDGE_PG_OPTIONS="$(BENCH_PG_OPTIONS)" scripts/services.sh $(BIN)/python -m bench.profile $(ARGS)
+
+# The fault-injection run (issue 14): real processes, faults, and a checker; exits 1 on any
+# violation. Scale and other flags: make chaos ARGS="--events 3000 --window 60".
+chaos: install
+	NUDGE_PG_OPTIONS="$(BENCH_PG_OPTIONS)" scripts/services.sh $(BIN)/python -m chaos $(ARGS)
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .mypy_cache .ruff_cache

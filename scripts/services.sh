@@ -71,6 +71,10 @@ done
 
 export DATABASE_URL="postgres://nudge@127.0.0.1:$PG_PORT/nudge"
 export NUDGE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+# For a harness that restarts PostgreSQL (make chaos): its data directory, server log,
+# binaries, and the command prefix that runs them as its owner (empty when not root).
+export NUDGE_PG_DATA="$WORK/pg/data" NUDGE_PG_LOG="$WORK/pg/server.log" NUDGE_PG_BIN="$PGBIN"
+export NUDGE_PG_RUN_AS="${RUN_AS[*]}"
 log "PostgreSQL on 127.0.0.1:$PG_PORT, Redis on 127.0.0.1:$REDIS_PORT"
 set +e
 "$@"

@@ -1,0 +1,3 @@
+from chaos.run import cli
+
+cli()
