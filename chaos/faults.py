@@ -19,33 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.run import descendants  # root and every process below it, from /proc
+
 # x86_64 and aarch64 numbers of the calls a blocked reader sits in
 _READS = {"x86_64": {0, 45}, "aarch64": {63, 207}}  # read, recvfrom
 _POLLS = {"x86_64": {7, 271}, "aarch64": {73}}  # poll, ppoll
 _MACHINE = os.uname().machine
-
-
-def parents() -> dict[int, int]:
-    found: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            found[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return found
-
-
-def descendants(root: int) -> list[int]:
-    """root and every process below it."""
-    table = parents()
-    found, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop()
-        found.append(pid)
-        frontier.extend(child for child, parent in table.items() if parent == pid)
-    return found
 
 
 def _fd_target(pid: int, fd: int) -> str:
