@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 
@@ -147,12 +148,16 @@ def test_a_payment_locks_the_sends_it_cancels_in_dispatch_order():
     # update: status is in the indexes' predicates), so a scan by customer meets the second
     # first, as it does after any claim. Where the new version lands depends on the free
     # space earlier tests left in the table's pages: it can fill a hole before the second
-    # row (a fresh clone's run once did), so the row is moved again until it lies behind.
+    # row (fresh clones' runs did), so the row is moved again until it lies behind, each
+    # time a little wider (incompressible text below the TOAST threshold) so that fewer
+    # holes can take it.
     customer_id = ScheduledSend.objects.get(pk=first).customer_id
     with connection.cursor() as cursor:
         cursor.execute("SET enable_seqscan = off")
-        for status in ["sending", "pending"] * 25 + ["sending"]:
-            ScheduledSend.objects.filter(pk=first).update(status=status)
+        for n, status in enumerate(["sending", "pending"] * 25 + ["sending"]):
+            ScheduledSend.objects.filter(pk=first).update(
+                status=status, body=secrets.token_hex(min(950, 40 * n))
+            )
             if status != "sending":
                 continue
             cursor.execute(
