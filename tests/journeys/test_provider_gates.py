@@ -157,7 +157,9 @@ def test_the_rate_limit_spaces_the_calls_and_holds_for_every_worker(provider, sm
     arrivals.sort()
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert arrivals[-1] - arrivals[0] >= 0.9
-    assert min(gaps) >= 0.025  # 50 ms apart, less the server threads' scheduling noise
+    # 50 ms apart, less the server threads' scheduling noise; the first call opens the
+    # connection, so it may arrive late, close to the second (21.6 ms once in CI)
+    assert min(gaps[1:]) >= 0.025
     waiting = sorted(
         (s for s in sends() if s.status == Status.SENDING), key=lambda s: s.claimed_at or s.due_at
     )
