@@ -39,8 +39,9 @@ def get(url: str, *, data: bytes | None = None, headers: dict[str, str] | None =
 
 
 @contextlib.contextmanager
-def running_server(**environment: str) -> Iterator[str]:
-    """Start gunicorn with production settings plus `environment`; yield its base URL."""
+def running_server(*gunicorn_args: str, **environment: str) -> Iterator[str]:
+    """Start gunicorn with production settings plus `environment` (and `gunicorn_args`, e.g.
+    "-c", "config/gunicorn.py", "--workers", "2"); yield its base URL."""
     port = free_port()
     env = {
         **os.environ,
@@ -50,9 +51,10 @@ def running_server(**environment: str) -> Iterator[str]:
         "LOG_LEVEL": "ERROR",
         **environment,
     }
-    bindir = Path(sys.executable).parent
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # config/gunicorn.py makes one per server
+    command = [str(Path(sys.executable).parent / "gunicorn"), "config.wsgi"]
     process = subprocess.Popen(
-        [str(bindir / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        [*command, "--bind", f"127.0.0.1:{port}", "--workers", "1", *gunicorn_args],
         cwd=PROJECT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -3,12 +3,9 @@ parse it, that its statements read indexes, and that gunicorn's workers' counter
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -20,7 +17,7 @@ from bench import data
 from journeys import metrics as journeys_metrics
 from journeys.models import Journey, JourneyStep, ProviderState, ScheduledSend
 from marketing.models import Event
-from tests.servers import PROJECT, database_url, free_port, get
+from tests.servers import PROJECT, database_url, get, running_server
 
 SENDS, EVENTS = ScheduledSend._meta.db_table, Event._meta.db_table
 
@@ -287,39 +284,11 @@ def test_a_scrape_is_quick_on_twenty_thousand_sends(client, many_rows):
 # --- gunicorn's workers: one sum, whichever worker answers
 
 
-@contextlib.contextmanager
-def gunicorn(**environment: str) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "DEBUG": "false",
-           "SECURE_SSL_REDIRECT": "false", "LOG_LEVEL": "ERROR", **environment}  # fmt: skip
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    bindir = os.path.dirname(sys.executable)
-    process = subprocess.Popen(
-        [os.path.join(bindir, "gunicorn"), "-c", "config/gunicorn.py", "config.wsgi",
-         "--bind", f"127.0.0.1:{port}", "--workers", "2"],
-        cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                get(f"{base}/healthz")
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(process.stderr.read().decode()) from None
-                time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        process.stderr.close()
-
-
 @pytest.mark.slow
 def test_the_workers_counters_are_summed_by_every_scrape(db):
-    with gunicorn(DATABASE_URL=database_url(connection)) as base:
+    with running_server(
+        "-c", "config/gunicorn.py", "--workers", "2", DATABASE_URL=database_url(connection)
+    ) as base:
         for _ in range(20):
             get(f"{base}/healthz")
         counts = []
