@@ -225,10 +225,6 @@ class _NoQueue:
     def qsize() -> int:
         return 0
 
-    @staticmethod
-    def empty() -> bool:
-        return True
-
 
 @dataclass
 class _Worker:
