@@ -7,7 +7,7 @@ from django.db.models import Q
 from django.utils.timezone import now
 
 from journeys.querysets import ScheduledSendManager
-from marketing.models import Cart, Channel, Customer, Event
+from marketing.models import Cart, Channel, Customer, Event, Payment
 
 
 class Journey(models.Model):
@@ -52,6 +52,13 @@ class Journey(models.Model):
         help_text="A send later than this after its due time is dropped instead of sent.",
     )
     active = models.BooleanField(default=True)
+    # A transactional journey (a receipt, a password reset) is not marketing: frequency caps,
+    # quiet hours and the marketing consent default do not apply to it.
+    transactional = models.BooleanField(
+        default=False,
+        help_text="Not marketing (a receipt, an account message): caps, quiet hours and the "
+        "marketing consent default do not apply.",
+    )
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -113,6 +120,9 @@ class Enrollment(models.Model):
     trigger_occurred_at = models.DateTimeField()
     # With dedupe 'latest', when the chain of superseding triggers began (caps the wait).
     chain_started_at = models.DateTimeField()
+    # In the journey's holdout group: its sends are never sent (skipped, reason "held out"),
+    # and its customers' payments are the baseline the journey's conversion is compared with.
+    held_out = models.BooleanField(default=False, db_default=False)
     created_at = models.DateTimeField(default=now, editable=False)
 
     class Meta:
@@ -180,6 +190,19 @@ class ScheduledSend(models.Model):
     discount_code = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
     discount_percent = models.PositiveSmallIntegerField(null=True, blank=True)
     discount_expires_at = models.DateTimeField(null=True, blank=True)
+    # The code's redemption: the first payment_finished that carried it (later ones are
+    # flagged, not counted again).
+    discount_redeemed_at = models.DateTimeField(null=True, blank=True)
+    discount_payment = models.ForeignKey(
+        Payment,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="redeemed_sends",
+        # no index: every send would pay for it, and payments are never deleted while
+        # their customer's sends exist (sends PROTECT the customer)
+        db_index=False,
+    )
     recipient = models.CharField(max_length=254, blank=True)
     subject = models.CharField(max_length=300, blank=True)
     body = models.TextField(blank=True)
