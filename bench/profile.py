@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             "DJANGO_SETTINGS_MODULE": "config.settings",
             "NUDGE_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
             "LOG_LEVEL": "WARNING",
+            "NUDGE_SEND_WINDOW": "",  # profiles of any hour: no quiet hours
         }
     )
     import django

@@ -722,6 +722,8 @@ def environment(work: Path, provider_port: int, args: argparse.Namespace) -> dic
         "NUDGE_SMS_HTTP_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
         "NUDGE_EMAIL_CHANNEL": "journeys.channels.OutboxChannel",
         "NUDGE_SETTLE_SECONDS": str(args.settle_seconds),
+        # the plan's invariants hold at any hour: no quiet hours
+        "NUDGE_SEND_WINDOW": "",
         "MEDIA_ROOT": str(work / "media"),
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",

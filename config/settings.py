@@ -392,6 +392,16 @@ NUDGE_EXTRA_EVENT_TYPES = env.list(
 NUDGE_TICK_SECONDS = env.float("NUDGE_TICK_SECONDS", default=DEFAULTS["NUDGE_TICK_SECONDS"])
 # No send goes out sooner than this after its trigger event arrived (0: at occurred_at + delay).
 NUDGE_SETTLE_SECONDS = env.float("NUDGE_SETTLE_SECONDS", default=DEFAULTS["NUDGE_SETTLE_SECONDS"])
+# Quiet hours: the sending window in the customer's time zone, unless a journey has its own
+# ("HH:MM-HH:MM", "" or "off" for none), and whether only on weekdays.
+NUDGE_SEND_WINDOW = env.str("NUDGE_SEND_WINDOW", default=DEFAULTS["NUDGE_SEND_WINDOW"])
+NUDGE_SEND_WEEKDAYS_ONLY = env.bool(
+    "NUDGE_SEND_WEEKDAYS_ONLY", default=DEFAULTS["NUDGE_SEND_WEEKDAYS_ONLY"]
+)
+# Frequency caps: how far ahead a higher-priority send keeps its slot from a lower one.
+NUDGE_CAP_PRIORITY_WINDOW_SECONDS = env.float(
+    "NUDGE_CAP_PRIORITY_WINDOW_SECONDS", default=DEFAULTS["NUDGE_CAP_PRIORITY_WINDOW_SECONDS"]
+)
 NUDGE_CLAIM_BATCH = env.int("NUDGE_CLAIM_BATCH", default=DEFAULTS["NUDGE_CLAIM_BATCH"])
 NUDGE_DISPATCH_CHUNK = env.int("NUDGE_DISPATCH_CHUNK", default=DEFAULTS["NUDGE_DISPATCH_CHUNK"])
 # ids per dispatch task: a task takes them NUDGE_DISPATCH_CHUNK at a time (one short

@@ -23,3 +23,6 @@ AXES_ENABLED = False
 # The suite's tests post an event and dispatch what is due at once, as if it had arrived
 # long ago; tests/journeys/test_settling.py sets NUDGE_SETTLE_SECONDS itself.
 NUDGE_SETTLE_SECONDS = 0.0
+# No site quiet hours: the suite dispatches at whatever time of day it runs;
+# tests/journeys/test_pacing.py sets the window it tests.
+NUDGE_SEND_WINDOW = ""

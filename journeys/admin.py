@@ -15,10 +15,17 @@ from django.utils.functional import cached_property
 from django.views.decorators.http import require_POST
 
 from journeys import selectors, services
-from journeys.models import Enrollment, Journey, JourneyStep, ScheduledSend
+from journeys.models import (
+    Enrollment,
+    FrequencyCap,
+    Journey,
+    JourneyStep,
+    ScheduledSend,
+    SendWindowMode,
+)
 from journeys.services import erasure
 from journeys.services.redrive import scheduled_sends_redrive
-from journeys.specs import event_type_problem, step_problems
+from journeys.specs import event_type_problem, send_window_problem, step_problems
 from marketing import admin as marketing_admin
 from marketing.models import Customer
 from nudge.admin import GuardedActionsAdmin, LargeTableAdmin
@@ -35,8 +42,13 @@ class JourneyForm(forms.ModelForm):
         model = Journey
         fields = [
             "name", "slug", "active", "trigger", "exit_on", "exit_scope", "max_lateness",
-            "dedupe", "max_wait", "reentry", "reentry_period",
+            "dedupe", "max_wait", "reentry", "reentry_period", "transactional", "priority",
+            "send_window", "send_window_start", "send_window_end", "send_weekdays_only",
         ]  # fmt: skip
+        widgets = {
+            "send_window_start": forms.TimeInput(format="%H:%M"),
+            "send_window_end": forms.TimeInput(format="%H:%M"),
+        }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,6 +79,12 @@ class JourneyForm(forms.ModelForm):
         cleaned = super().clean() or {}
         if cleaned.get("reentry") == Journey.Reentry.PERIOD and not cleaned.get("reentry_period"):
             self.add_error("reentry_period", "Required when re-entry is once per period.")
+        if cleaned.get("send_window") == SendWindowMode.CUSTOM and (
+            problem := send_window_problem(
+                cleaned.get("send_window_start"), cleaned.get("send_window_end")
+            )
+        ):
+            self.add_error("send_window_end", f"Own hours: {problem}.")
         return cleaned
 
 
@@ -137,14 +155,33 @@ class JourneyAdmin(GuardedActionsAdmin):
 
     form = JourneyForm
     inlines = [JourneyStepInline]
-    list_display = ["name", "slug", "trigger", "exit_list", "dedupe", "reentry", "active"]
-    list_filter = ["active", "trigger", "dedupe"]
+    list_display = [
+        "name", "slug", "trigger", "exit_list", "dedupe", "reentry", "priority", "transactional",
+        "active",
+    ]  # fmt: skip
+    list_filter = ["active", "trigger", "dedupe", "transactional"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}
     fieldsets = [
         (None, {"fields": ["name", "slug", "active"]}),
         ("When", {"fields": ["trigger", "exit_on", "exit_scope", "max_lateness"]}),
         ("Repeats", {"fields": ["dedupe", "max_wait", "reentry", "reentry_period"]}),
+        (
+            "Pacing",
+            {
+                "fields": [
+                    "transactional",
+                    "priority",
+                    "send_window",
+                    ("send_window_start", "send_window_end"),
+                    "send_weekdays_only",
+                ],
+                "description": "Quiet hours are read in the customer's time zone (an unknown "
+                "one is UTC); a send due outside them waits for the next opening, or is "
+                "skipped when that is past the max lateness. The site-wide frequency caps "
+                "are under Frequency caps. A transactional journey ignores both.",
+            },
+        ),
     ]
     actions = ["deactivate_journeys"]
     # named here, not found by app label: the Deactivate button does not depend on the label
@@ -247,6 +284,17 @@ class JourneyAdmin(GuardedActionsAdmin):
         return reverse(
             f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[journey.pk]
         )
+
+
+@admin.register(FrequencyCap)
+class FrequencyCapAdmin(admin.ModelAdmin):
+    """The site's caps per channel across every journey (journeys.services.pacing): a
+    marketer adds, edits or deactivates them; each active one must allow a send."""
+
+    list_display = ["__str__", "channel", "max_sends", "period", "active", "updated_at"]
+    list_editable = ["active"]
+    list_filter = ["channel", "active"]
+    fields = ["channel", "max_sends", "period", "active"]
 
 
 @admin.register(ScheduledSend)

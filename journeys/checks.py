@@ -1,5 +1,6 @@
 """System checks run at startup (`manage.py check`, runserver, qcluster): a bad SMS setting
-stops the process with a clear message instead of failing every SMS at dispatch."""
+stops the process with a clear message instead of failing every SMS at dispatch; the same
+for the site's send window."""
 
 from __future__ import annotations
 
@@ -43,6 +44,24 @@ def sms_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                 f"NUDGE_SMS_HTTP_SECRET is not a Standard Webhooks secret: {exc}",
                 hint=hint,
                 id="nudge.E121",
+            )
+        ]
+    return []
+
+
+@register()
+def send_window_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """NUDGE_SEND_WINDOW is read at every send: a typo must stop the process, not each send."""
+    from journeys.sendwindow import window_parse
+
+    try:
+        window_parse(str(settings.NUDGE_SEND_WINDOW))
+    except ValueError as exc:
+        return [
+            Error(
+                f"NUDGE_SEND_WINDOW: {exc}",
+                hint='For example "09:00-21:00", "20:00-08:00" (crosses midnight), or "off".',
+                id="nudge.E130",
             )
         ]
     return []

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import models
 from django.db.models import Q
@@ -10,8 +10,16 @@ from journeys.querysets import ScheduledSendManager
 from marketing.models import Cart, Channel, Customer, Event, Payment
 
 
+class SendWindowMode(models.TextChoices):
+    SITE = "site", "the site's default (NUDGE_SEND_WINDOW)"
+    CUSTOM = "custom", "own hours (below)"
+    ALWAYS = "always", "any time (no quiet hours)"
+
+
 class Journey(models.Model):
     """A marketer's rule: on `trigger`, schedule the steps; `exit_on` events cancel them."""
+
+    SendWindow = SendWindowMode
 
     class Dedupe(models.TextChoices):
         FIRST = "first", "first: ignore later triggers while one is pending"
@@ -58,6 +66,34 @@ class Journey(models.Model):
         default=False,
         help_text="Not marketing (a receipt, an account message): caps, quiet hours and the "
         "marketing consent default do not apply.",
+    )
+    # Pacing (journeys.services.pacing): which journey's send takes a slot a frequency cap
+    # leaves when several compete, and the hours of the customer's day it may send in.
+    priority = models.IntegerField(
+        default=0,
+        db_default=0,
+        help_text="When sends of several journeys compete for what a frequency cap allows, "
+        "the higher priority goes first (default 0; negative numbers are allowed).",
+    )
+    send_window = models.CharField(
+        max_length=8,
+        choices=SendWindowMode.choices,
+        default=SendWindowMode.SITE,
+        db_default=SendWindowMode.SITE,
+        help_text="Quiet hours: the hours of the customer's local day when this journey may "
+        "send (the customer's time zone; an unknown one is UTC).",
+    )
+    send_window_start = models.TimeField(
+        null=True, blank=True, help_text="With 'own hours': from this local time …"
+    )
+    send_window_end = models.TimeField(
+        null=True,
+        blank=True,
+        help_text="… to this one (excluded). An end before the start crosses midnight "
+        "(20:00 to 08:00).",
+    )
+    send_weekdays_only = models.BooleanField(
+        default=False, db_default=False, help_text="With 'own hours': Monday to Friday only."
     )
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -180,6 +216,10 @@ class ScheduledSend(models.Model):
     channel = models.CharField(max_length=8, choices=Channel.choices)
     trigger_occurred_at = models.DateTimeField()
     due_at = models.DateTimeField()
+    # When the send was meant to go out, once pacing (a frequency cap, quiet hours) moved
+    # its due_at; NULL: due_at is. Max lateness is measured from it (see `intended`). NULL,
+    # not a db_default: the raw INSERTs (bench, enrolment) and every row before it mean due_at.
+    intended_at = models.DateTimeField(null=True, blank=True)
     # One active send per (step, dedupe_key): the database refuses a second pending promise.
     dedupe_key = models.CharField(max_length=300)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -257,6 +297,15 @@ class ScheduledSend(models.Model):
                 fields=["claimed_at"], condition=Q(status="sending"), name="send_in_flight"
             ),
             models.Index(fields=["journey", "status"], name="send_journey_status"),
+            # frequency caps (services.pacing): a customer's sends sent on a channel lately.
+            # Partial: a row enters it once, when it is sent (its status changes anyway, so
+            # that update is no HOT update already); later feedback updates change none of
+            # these columns and stay HOT.
+            models.Index(
+                fields=["customer", "channel", "sent_at"],
+                condition=Q(status="sent"),
+                name="send_sent_customer_channel",
+            ),
             # feedback finds its send by the provider's message id
             models.Index(
                 fields=["provider_message_id"],
@@ -267,6 +316,65 @@ class ScheduledSend(models.Model):
 
     def __str__(self) -> str:
         return f"{self.journey.slug}#{self.step_position} to {self.customer} ({self.status})"
+
+    @property
+    def intended(self) -> datetime:
+        """When the send was meant to go out, before pacing moved it: its max lateness counts
+        from here."""
+        return self.intended_at or self.due_at
+
+
+class FrequencyCap(models.Model):
+    """At most `max_sends` messages on `channel` per `period` to one customer, across every
+    journey that is not transactional (services.pacing). Several caps may hold for a channel
+    (1 SMS per 24 h and 3 per 7 days): each must allow a send."""
+
+    channel = models.CharField(max_length=8, choices=Channel.choices)
+    max_sends = models.PositiveIntegerField(help_text="At most this many messages …")
+    period = models.DurationField(help_text="… in any period this long (e.g. 1 day, 7 days).")
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["channel", "period"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "period"],
+                name="cap_one_per_period",
+                violation_error_message="This channel has a cap for this period already: "
+                "edit that one.",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_sends__gte=1),
+                name="cap_max_sends_positive",
+                violation_error_message="A cap allows at least 1 message (deactivate it to "
+                "lift it).",
+            ),
+            models.CheckConstraint(
+                condition=Q(period__gt=timedelta(0)),
+                name="cap_period_positive",
+                violation_error_message="A cap's period must be longer than zero.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return cap_label(self.channel, self.max_sends, self.period)
+
+
+def cap_label(channel: str, max_sends: int, period: timedelta) -> str:
+    """'1 SMS per 24 h', '3 emails per 7 days': how reasons and the admin name a cap."""
+    noun = "SMS" if channel == Channel.SMS else "email" if max_sends == 1 else "emails"
+    seconds = int(period.total_seconds())
+    if seconds % 86400 == 0 and seconds >= 2 * 86400:
+        span = f"{seconds // 86400} days"
+    elif seconds % 3600 == 0:
+        span = f"{seconds // 3600} h"
+    elif seconds % 60 == 0:
+        span = f"{seconds // 60} min"
+    else:
+        span = f"{seconds} s"
+    return f"{max_sends} {noun} per {span}"
 
 
 class ProviderState(models.Model):

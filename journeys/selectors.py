@@ -11,7 +11,7 @@ from django.db import connection
 from django.db.models import QuerySet
 
 from journeys.durations import format_iso_duration
-from journeys.models import Journey, JourneyStep, ScheduledSend
+from journeys.models import FrequencyCap, Journey, JourneyStep, ScheduledSend, SendWindowMode
 from journeys.sqlnames import sql
 from marketing import selectors as marketing_selectors
 from marketing.models import EventType
@@ -120,6 +120,9 @@ def journey_spec(journey: Journey) -> dict[str, Any]:
         ),
         "max_lateness": format_iso_duration(journey.max_lateness),
         "active": journey.active,
+        "priority": journey.priority,
+        "transactional": journey.transactional,
+        "send_window": _send_window_spec(journey),
         "steps": [],
     }
     for step in journey.steps.order_by("position"):
@@ -145,5 +148,34 @@ def journey_spec(journey: Journey) -> dict[str, Any]:
     return spec
 
 
+def _send_window_spec(journey: Journey) -> Any:
+    if journey.send_window == SendWindowMode.ALWAYS:
+        return None
+    if journey.send_window == SendWindowMode.CUSTOM and journey.send_window_start is not None:
+        assert journey.send_window_end is not None
+        return {
+            "start": f"{journey.send_window_start:%H:%M}",
+            "end": f"{journey.send_window_end:%H:%M}",
+            "weekdays_only": journey.send_weekdays_only,
+        }
+    return SendWindowMode.SITE.value
+
+
+def caps_spec() -> list[dict[str, Any]]:
+    """The site's frequency caps in the journeys-as-code format (its top-level "caps")."""
+    return [
+        {
+            "channel": cap.channel,
+            "max_sends": cap.max_sends,
+            "period": format_iso_duration(cap.period),
+            "active": cap.active,
+        }
+        for cap in FrequencyCap.objects.order_by("channel", "period")
+    ]
+
+
 def journeys_export() -> dict[str, Any]:
-    return {"journeys": [journey_spec(j) for j in Journey.objects.order_by("slug")]}
+    return {
+        "journeys": [journey_spec(j) for j in Journey.objects.order_by("slug")],
+        "caps": caps_spec(),
+    }

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import time, timedelta
 from typing import Any
 
 from journeys.durations import parse_iso_duration
-from journeys.models import Journey
+from journeys.models import Journey, SendWindowMode
 from journeys.rendering import template_problems
+from journeys.sendwindow import SendWindow, time_parse
 from marketing.models import Channel
 
 SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]{1,100}$")
@@ -43,6 +44,21 @@ class JourneySpec:
     max_lateness: timedelta
     active: bool
     steps: list[StepSpec] = field(default_factory=list)
+    # pacing (journeys.services.pacing)
+    priority: int = 0
+    transactional: bool = False
+    send_window: str = SendWindowMode.SITE
+    send_window_start: time | None = None
+    send_window_end: time | None = None
+    send_weekdays_only: bool = False
+
+
+@dataclass
+class CapSpec:
+    channel: str
+    max_sends: int
+    period: timedelta
+    active: bool = True
 
 
 def event_type_problem(value: object, known: set[str]) -> str | None:
@@ -105,7 +121,8 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
     errors: list[str] = []
     unknown = set(raw) - {
         "slug", "name", "trigger", "exit_on", "exit_scope", "dedupe", "max_wait", "reentry",
-        "reentry_period", "max_lateness", "active", "steps",
+        "reentry_period", "max_lateness", "active", "steps", "priority", "transactional",
+        "send_window",
     }  # fmt: skip
     if unknown:
         errors.append(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -135,6 +152,14 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
     active = raw.get("active", True)
     if not isinstance(active, bool):
         errors.append("active: must be true or false")
+    priority = raw.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31 - 1:
+        errors.append("priority: a whole number (higher goes first; default 0)")
+        priority = 0
+    transactional = raw.get("transactional", False)
+    if not isinstance(transactional, bool):
+        errors.append("transactional: must be true or false")
+    window = send_window_parse(raw.get("send_window", SendWindowMode.SITE), errors)
     steps_raw = raw.get("steps")
     steps: list[StepSpec] = []
     if not isinstance(steps_raw, list) or not steps_raw:
@@ -163,6 +188,12 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
             max_lateness=max_lateness if max_lateness is not None else timedelta(hours=2),
             active=bool(active),
             steps=steps,
+            priority=priority,
+            transactional=bool(transactional),
+            send_window=window[0],
+            send_window_start=window[1],
+            send_window_end=window[2],
+            send_weekdays_only=window[3],
         ),
         [],
     )
@@ -212,3 +243,92 @@ def _step_parse(raw: Any) -> tuple[StepSpec | None, list[str]]:
         discount_percent=percent,
         discount_valid_for=valid_for,
     ), []
+
+
+SEND_WINDOW_HINT = (
+    'send_window: "site" (the site\'s NUDGE_SEND_WINDOW), null (any time), or '
+    '{"start": "09:00", "end": "21:00", "weekdays_only": false}'
+)
+
+
+def send_window_problem(start: time | None, end: time | None) -> str | None:
+    """Why a journey's own hours are refused (shared by the admin and journeys-as-code)."""
+    if start is None or end is None:
+        return "own hours need a start and an end"
+    try:
+        SendWindow(start=start, end=end)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def send_window_parse(value: Any, errors: list[str]) -> tuple[str, time | None, time | None, bool]:
+    """(mode, start, end, weekdays_only) of a journey's "send_window"."""
+    if value is None:
+        return SendWindowMode.ALWAYS, None, None, False
+    if value == SendWindowMode.SITE:
+        return SendWindowMode.SITE, None, None, False
+    if not isinstance(value, dict):
+        errors.append(f"{SEND_WINDOW_HINT}, not {value!r}")
+        return SendWindowMode.SITE, None, None, False
+    unknown = set(value) - {"start", "end", "weekdays_only"}
+    if unknown:
+        errors.append(f"send_window: unknown field(s): {', '.join(sorted(unknown))}")
+    times: list[time | None] = []
+    for key in ("start", "end"):
+        try:
+            times.append(time_parse(value.get(key)))
+        except ValueError as exc:
+            errors.append(f"send_window.{key}: {exc}")
+            times.append(None)
+    weekdays_only = value.get("weekdays_only", False)
+    if not isinstance(weekdays_only, bool):
+        errors.append("send_window.weekdays_only: must be true or false")
+        weekdays_only = False
+    start, end = times
+    if start is not None and end is not None and (problem := send_window_problem(start, end)):
+        errors.append(f"send_window: {problem}")
+    return SendWindowMode.CUSTOM, start, end, weekdays_only
+
+
+def caps_spec_parse(raw: Any) -> tuple[list[CapSpec], list[str]]:
+    """The journeys-as-code "caps": [{"channel": "sms", "max_sends": 1, "period": "P1D"}]."""
+    if not isinstance(raw, list):
+        return [], ["caps: must be a list of {channel, max_sends, period}"]
+    caps: list[CapSpec] = []
+    errors: list[str] = []
+    seen: set[tuple[str, timedelta]] = set()
+    for index, item in enumerate(raw):
+        label = f"caps[{index}]"
+        if not isinstance(item, dict):
+            errors.append(f"{label}: must be an object with channel, max_sends and period")
+            continue
+        problems: list[str] = []
+        unknown = set(item) - {"channel", "max_sends", "period", "active"}
+        if unknown:
+            problems.append(f"unknown field(s): {', '.join(sorted(unknown))}")
+        channel = item.get("channel")
+        if channel not in Channel.values:
+            problems.append(f"channel: must be one of {', '.join(Channel.values)}")
+        max_sends = item.get("max_sends")
+        if isinstance(max_sends, bool) or not isinstance(max_sends, int) or max_sends < 1:
+            problems.append("max_sends: a whole number, at least 1")
+        period = _duration(item, "period", problems, optional=False)
+        if period is not None and period <= timedelta(0):
+            problems.append("period: must be longer than zero")
+        active = item.get("active", True)
+        if not isinstance(active, bool):
+            problems.append("active: must be true or false")
+        if not problems and (channel, period) in seen:
+            problems.append("a cap for this channel and period appears twice")
+        if problems:
+            fields = ("channel", "max_sends", "period", "active")
+            errors.extend(
+                f"{label}.{p}" if p.startswith(fields) else f"{label}: {p}" for p in problems
+            )
+            continue
+        assert period is not None
+        assert isinstance(max_sends, int)
+        seen.add((str(channel), period))
+        caps.append(CapSpec(str(channel), max_sends, period, bool(active)))
+    return caps, errors

@@ -55,6 +55,14 @@ DEFAULTS: dict[str, Any] = {
     # burst of late events collapses under dedupe "latest", and a payment just behind a late
     # trigger still cancels its sends (README, "How sends become due").
     "NUDGE_SETTLE_SECONDS": 60.0,
+    # Quiet hours (journeys.services.pacing): the site's default sending window in the
+    # customer's local time ("HH:MM-HH:MM"; an end before the start crosses midnight; "" or
+    # "off": none), Monday to Friday only or not. A journey may have its own or none.
+    "NUDGE_SEND_WINDOW": "09:00-21:00",
+    "NUDGE_SEND_WEEKDAYS_ONLY": False,
+    # Frequency caps: a send gives way to a higher-priority send of the same customer and
+    # channel due within this many seconds (pending, or claimed and not called yet).
+    "NUDGE_CAP_PRIORITY_WINDOW_SECONDS": 900.0,
     "NUDGE_TICK_SECONDS": 0.2,
     "NUDGE_CLAIM_BATCH": 500,
     "NUDGE_DISPATCH_CHUNK": 100,

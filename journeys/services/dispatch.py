@@ -48,7 +48,7 @@ from journeys.channels.sms import phone_normalise, sms_segments
 from journeys.durations import humanize
 from journeys.models import ScheduledSend
 from journeys.rendering import render, render_subject
-from journeys.services import inflight, providers
+from journeys.services import inflight, pacing, providers
 from journeys.services.exits import exit_event_first, exit_reason
 from journeys.sqlnames import sql
 from marketing.models import Cart, Channel, Customer, Event, Suppression
@@ -247,10 +247,13 @@ class _Run:
             exits = _exit_events_for(sends)
             suppressions = _suppressions_for(sends)
             now = timezone.now()
+            paced = pacing.DispatchPacing.load(sends, now)
             calls: list[_Call] = []
-            for send in sends:
+            for send in paced.order(sends):  # by priority: see services.pacing
                 try:
-                    call = _call_prepare(send, now, exits.get(send.pk), suppressions.get(send.pk))
+                    call = _call_prepare(
+                        send, now, exits.get(send.pk), suppressions.get(send.pk), paced
+                    )
                 except Exception as exc:
                     # One bad row must not hold up the others: count it as an attempt
                     logger.exception("dispatch of send %s failed", send.pk)
@@ -559,7 +562,7 @@ def _reason_not_to_send(
         return Status.SKIPPED, f"no {missing}"
     if suppression is not None:
         return Status.SKIPPED, suppressed_reason(suppression)[:500]
-    late = now - send.due_at
+    late = now - send.intended  # from when it was meant to go out, however pacing moved it
     if late > journey.max_lateness:
         return Status.SKIPPED, f"stale: {humanize(late)} late"
     return None
@@ -637,7 +640,7 @@ def _retry_or_fail(
     )
     delay = max(random.uniform(0, ceiling), retry_after or 0.0)  # jitter, not a secret
     retry_at = now + timedelta(seconds=delay)
-    if retry_at - send.due_at > send.journey.max_lateness:
+    if retry_at - send.intended > send.journey.max_lateness:
         late = "; a retry would be later than the step's max lateness"
         send.status, send.reason = Status.FAILED, f"failed: {problem[: 500 - len(late) - 8]}{late}"
         return
@@ -651,11 +654,14 @@ def _call_prepare(
     now: datetime,
     exit_event: Event | None,
     suppression: Suppression | None = None,
+    paced: pacing.DispatchPacing | None = None,
 ) -> _Call | None:
     """Decide and render one locked row: None when it must not go out (its outcome fields
-    are set), else the call to make (and the row marked as called: attempts,
-    call_started_at, provider)."""
+    are set; a send pacing defers is pending again, due later), else the call to make (and
+    the row marked as called: attempts, call_started_at, provider)."""
     refusal = _reason_not_to_send(send, now, exit_event, suppression)
+    if refusal is None and paced is not None:
+        refusal = paced.send_check(send, now)  # quiet hours, frequency caps, priority
     if refusal is not None:
         send.status, send.reason = refusal
         return None
@@ -726,6 +732,8 @@ def _call_outcome(call: _Call, now: datetime) -> None:
 _DISPATCH_FIELDS = [
     "status",
     "reason",
+    "due_at",
+    "intended_at",
     "recipient",
     "subject",
     "body",
@@ -744,17 +752,19 @@ _DISPATCH_FIELDS = [
 
 _OUTCOMES_SQL = sql("""
 UPDATE {send} AS s
-   SET status = v.status, reason = v.reason, recipient = v.recipient, subject = v.subject,
+   SET status = v.status, reason = v.reason, due_at = v.due_at, intended_at = v.intended_at,
+       recipient = v.recipient, subject = v.subject,
        body = v.body, discount_expires_at = v.discount_expires_at,
        provider_message_id = v.provider_message_id, claimed_at = v.claimed_at,
        sent_at = v.sent_at, updated_at = v.updated_at, segments = v.segments,
        attempts = v.attempts, call_started_at = v.call_started_at, provider = v.provider,
        last_error = v.last_error, attempt_log = v.attempt_log::jsonb
-  FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],
-              %s::text[], %s::timestamptz[], %s::varchar[], %s::timestamptz[],
+  FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::timestamptz[],
+              %s::timestamptz[], %s::varchar[], %s::varchar[], %s::text[], %s::timestamptz[], %s::varchar[], %s::timestamptz[],
               %s::timestamptz[], %s::timestamptz[], %s::smallint[], %s::smallint[],
               %s::timestamptz[], %s::varchar[], %s::varchar[], %s::text[])
-       AS v(id, status, reason, recipient, subject, body, discount_expires_at,
+       AS v(id, status, reason, due_at, intended_at, recipient, subject, body,
+            discount_expires_at,
             provider_message_id, claimed_at, sent_at, updated_at, segments, attempts,
             call_started_at, provider, last_error, attempt_log)
  WHERE s.id = v.id

@@ -21,6 +21,7 @@ from django.utils import timezone
 from journeys import selectors
 from journeys.durations import humanize
 from journeys.models import Enrollment, Journey, ScheduledSend
+from journeys.services import pacing
 from journeys.services.exits import (
     describe_event,
     event_cart_id,
@@ -240,11 +241,19 @@ class EnrolmentPlan:
             # settled (nothing goes out within NUDGE_SETTLE_SECONDS of its trigger's arrival)
             intended_at = anchor + step.delay
             due_at = max(intended_at, settled_at) if settled_at is not None else intended_at
-            status, reason = Status.PENDING, ""
+            status: str = Status.PENDING
+            reason = ""
             if exit_event is not None:
                 status, reason = Status.CANCELLED, exit_reason(exit_event)
             elif (late := now - intended_at) > journey.max_lateness:
                 status, reason = Status.SKIPPED, f"stale: {humanize(late)} late at enrolment"
+            moved_from = None
+            if status == Status.PENDING and (
+                paced := pacing.send_due_paced(journey=journey, event=event, due_at=due_at)
+            ):  # quiet hours: moved to the window's next opening, or skipped
+                status, reason, due_at, moved_from = (
+                    paced.status, paced.reason, paced.due_at, paced.intended_at
+                )  # fmt: skip
             send = ScheduledSend(
                 enrollment=enrollment,
                 journey=journey,
@@ -255,6 +264,7 @@ class EnrolmentPlan:
                 channel=step.channel,
                 trigger_occurred_at=occurred,
                 due_at=due_at,
+                intended_at=moved_from,
                 dedupe_key=dedupe_key,
                 status=status,
                 reason=reason,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +11,9 @@ from django.db import transaction
 from django.db.models.functions import Now
 
 from journeys import selectors
-from journeys.models import Journey, JourneyStep
+from journeys.models import FrequencyCap, Journey, JourneyStep
 from journeys.services.operators import scheduled_send_cancel_for_steps
-from journeys.specs import JourneySpec, journey_spec_parse
+from journeys.specs import CapSpec, JourneySpec, caps_spec_parse, journey_spec_parse
 
 
 class JourneyImportError(Exception):
@@ -27,6 +27,9 @@ class ImportSummary:
     created: list[str]
     updated: list[str]
     deactivated: list[str]
+    # frequency caps (when the file has "caps"): "1 SMS per 24 h", ...
+    caps_saved: list[str] = field(default_factory=list)
+    caps_deactivated: list[str] = field(default_factory=list)
 
 
 @transaction.atomic
@@ -36,6 +39,10 @@ def journeys_import(*, data: Any, replace: bool = False, dry_run: bool = False) 
     Every journey is validated before anything is written; errors name the journey and the
     field. With `replace`, active journeys absent from `data` are deactivated. With
     `dry_run`, everything is validated and reported, and nothing is kept.
+
+    The site's frequency caps travel in the same file under "caps" (optional): when present,
+    it is the complete list (caps in it are created or updated by channel and period, the
+    other active caps are deactivated); when absent, the caps are left as they are.
     """
     if not isinstance(data, dict) or not isinstance(data.get("journeys"), list):
         raise JourneyImportError(['the file must be an object {"journeys": [...]}'])
@@ -54,6 +61,10 @@ def journeys_import(*, data: Any, replace: bool = False, dry_run: bool = False) 
                 errors.append(f"{label}: slug: appears twice in the file")
             seen.add(spec.slug)
             specs.append(spec)
+    caps: list[CapSpec] | None = None
+    if "caps" in data:
+        caps, cap_errors = caps_spec_parse(data["caps"])
+        errors.extend(cap_errors)
     if errors:
         raise JourneyImportError(errors)
     created: list[str] = []
@@ -66,9 +77,36 @@ def journeys_import(*, data: Any, replace: bool = False, dry_run: bool = False) 
         absent = Journey.objects.filter(active=True).exclude(slug__in=seen)
         deactivated = list(absent.values_list("slug", flat=True))
         absent.update(active=False, updated_at=Now())
+    caps_saved, caps_deactivated = caps_save_specs(specs=caps) if caps is not None else ([], [])
     if dry_run:
         transaction.set_rollback(True)
-    return ImportSummary(created=created, updated=updated, deactivated=deactivated)
+    return ImportSummary(
+        created=created,
+        updated=updated,
+        deactivated=deactivated,
+        caps_saved=caps_saved,
+        caps_deactivated=caps_deactivated,
+    )
+
+
+@transaction.atomic
+def caps_save_specs(*, specs: list[CapSpec]) -> tuple[list[str], list[str]]:
+    """Make the site's frequency caps the validated `specs` (by channel and period); the
+    active caps not in them are deactivated. Returns (saved, deactivated) as labels."""
+    kept: list[int] = []
+    saved: list[str] = []
+    for spec in specs:
+        cap, _ = FrequencyCap.objects.update_or_create(
+            channel=spec.channel,
+            period=spec.period,
+            defaults={"max_sends": spec.max_sends, "active": spec.active},
+        )
+        kept.append(cap.pk)
+        saved.append(str(cap))
+    absent = FrequencyCap.objects.filter(active=True).exclude(pk__in=kept)
+    deactivated = [str(cap) for cap in absent]
+    absent.update(active=False, updated_at=Now())
+    return saved, deactivated
 
 
 @transaction.atomic
@@ -88,6 +126,12 @@ def journey_save_spec(*, spec: JourneySpec) -> tuple[Journey, bool]:
             "reentry_period": spec.reentry_period,
             "max_lateness": spec.max_lateness,
             "active": spec.active,
+            "priority": spec.priority,
+            "transactional": spec.transactional,
+            "send_window": spec.send_window,
+            "send_window_start": spec.send_window_start,
+            "send_window_end": spec.send_window_end,
+            "send_weekdays_only": spec.send_weekdays_only,
         },
     )
     for position, step in enumerate(spec.steps):

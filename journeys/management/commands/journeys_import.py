@@ -49,6 +49,8 @@ class Command(BaseCommand):
             ("created", summary.created),
             ("updated", summary.updated),
             ("deactivated", summary.deactivated),
+            ("caps saved", summary.caps_saved),
+            ("caps deactivated", summary.caps_deactivated),
         ):
             if slugs:
                 self.stdout.write(f"{prefix}{label}: {', '.join(slugs)}")
