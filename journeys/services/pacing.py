@@ -285,8 +285,8 @@ class DispatchPacing:
             return None
         key = (send.customer_id, send.channel)
         blocked = self._blocked(send, key, caps, now)
-        if blocked is None:
-            self.counted.setdefault(key, []).append(_Counted(now, in_flight=True))
+        if blocked is None:  # it goes now: it counts for the take's next sends
+            self.counted.setdefault(key, []).append(_Counted(now, in_flight=False))
             return None
         moment, label, detail = blocked
         reason = f"{label} ({detail})"
