@@ -54,6 +54,17 @@ class JourneyForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk and isinstance(self.instance.exit_on, list):
             self.initial["exit_on"] = ", ".join(self.instance.exit_on)
+        # left out of a post (a script, an older form): the defaults, not an error
+        for name in ("priority", "send_window"):
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def clean_priority(self) -> int:
+        value = self.cleaned_data.get("priority")
+        return 0 if value is None else int(value)
+
+    def clean_send_window(self) -> str:
+        return self.cleaned_data.get("send_window") or SendWindowMode.SITE
 
     @cached_property
     def known_event_types(self) -> set[str]:

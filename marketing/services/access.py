@@ -25,6 +25,10 @@ MARKETER_PERMISSIONS: dict[str, list[str]] = {
         "view_enrollment",
         "view_scheduledsend",
         "change_scheduledsend",
+        # the site's frequency caps: added, edited and switched off (not deleted)
+        "add_frequencycap",
+        "change_frequencycap",
+        "view_frequencycap",
     ],
     "media_tasks": [
         "add_uploadedimage",

@@ -219,3 +219,30 @@ def test_no_write_pays_for_an_index_that_another_one_covers():
         and len(other_columns) > len(columns) and other_columns[: len(columns)] == columns
     ]  # fmt: skip
     assert not covered
+
+
+def test_the_frequency_cap_count_reads_the_sent_and_active_indexes(many_sends):
+    """A take's caps read its customers' sends by index: the sent ones on the partial index
+    of sent rows, the active ones on the partial index of active rows (tens of thousands of
+    other rows here, a thousand of them sent)."""
+    from journeys.services import pacing
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {SENDS} SET status = 'sent', sent_at = now() - interval '1 hour' "
+            f"WHERE id IN (SELECT id FROM {SENDS} ORDER BY id LIMIT 1000)"
+        )
+        cursor.execute(f"ANALYZE {SENDS}")
+    customers = list(ScheduledSend.objects.values_list("customer_id", flat=True)[:100])
+    params = {
+        "customers": customers,
+        "channels": ["email", "sms"],
+        "since": timezone.now() - timedelta(days=7),
+        "horizon": timezone.now() + timedelta(minutes=15),
+        "taking": [0],
+    }
+    text = plan(pacing._CAPPED_SENDS_SQL, params)
+
+    assert "send_sent_customer_channel" in text, text
+    assert "send_active_customer" in text, text
+    assert f"Seq Scan on {SENDS}" not in text, text
