@@ -760,7 +760,8 @@ UPDATE {send} AS s
        attempts = v.attempts, call_started_at = v.call_started_at, provider = v.provider,
        last_error = v.last_error, attempt_log = v.attempt_log::jsonb
   FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::timestamptz[],
-              %s::timestamptz[], %s::varchar[], %s::varchar[], %s::text[], %s::timestamptz[], %s::varchar[], %s::timestamptz[],
+              %s::timestamptz[], %s::varchar[], %s::varchar[], %s::text[],
+              %s::timestamptz[], %s::varchar[], %s::timestamptz[],
               %s::timestamptz[], %s::timestamptz[], %s::smallint[], %s::smallint[],
               %s::timestamptz[], %s::varchar[], %s::varchar[], %s::text[])
        AS v(id, status, reason, due_at, intended_at, recipient, subject, body,

@@ -93,10 +93,16 @@ class Paced:
 
 
 def _quiet_hours(
-    *, journey: Journey, zone_name: str, due_at: datetime, intended: datetime
+    *,
+    journey: Journey,
+    zone_name: str,
+    due_at: datetime,
+    intended: datetime,
+    was_due: datetime | None = None,
 ) -> Paced | None:
     """None when `due_at` is inside the journey's window; else the move to its next
-    opening, or the skip when that is past the max lateness counted from `intended`."""
+    opening, or the skip when that is past the max lateness counted from `intended`.
+    `was_due`: the due time the reason names, when not `due_at` (dispatch checks now)."""
     window = journey_window(journey)
     if window is None:
         return None
@@ -111,9 +117,10 @@ def _quiet_hours(
             f"({humanize(journey.max_lateness)})"
         )
         return Paced(due_at=due_at, intended_at=None, status=Status.SKIPPED, reason=reason)
-    was = f"{due_at.astimezone(zone):%H:%M}"
-    if due_at.astimezone(zone).date() != moved.astimezone(zone).date():
-        was = local_label(due_at, zone, against=moved).removesuffix(f" {zone.key}")
+    shown = was_due or due_at
+    was = f"{shown.astimezone(zone):%H:%M}"
+    if shown.astimezone(zone).date() != moved.astimezone(zone).date():
+        was = local_label(shown, zone, against=moved).removesuffix(f" {zone.key}")
     return Paced(
         due_at=moved,
         intended_at=intended,
@@ -276,7 +283,11 @@ class DispatchPacing:
             return None
         zone_name = send.customer.timezone
         quiet = _quiet_hours(
-            journey=journey, zone_name=zone_name, due_at=now, intended=send.intended
+            journey=journey,
+            zone_name=zone_name,
+            due_at=now,
+            intended=send.intended,
+            was_due=min(send.due_at, now),
         )
         if quiet is not None:
             return self._apply(send, quiet)

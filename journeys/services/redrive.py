@@ -234,6 +234,7 @@ def _requeue(send_ids: list[int], *, by: str) -> None:
         ).update(
             status=Status.PENDING,
             due_at=Now(),  # the database's clock, the one the claim reads
+            intended_at=None,  # its lateness counts from the new due time, not pacing's
             attempts=0,
             claimed_at=None,
             call_started_at=None,

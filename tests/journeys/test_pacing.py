@@ -472,3 +472,27 @@ def test_a_cap_deferral_that_lands_in_quiet_hours_waits_for_the_window():
         f"deferred: capped, 1 SMS per 36 h (sent {utc_label(first.sent_at)}), then quiet "
         f"hours: moved to {local_label(expected, ZoneInfo('UTC'), against=freed)}"
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_re_driven_send_counts_its_lateness_from_the_re_drive_not_from_pacing():
+    """A send that pacing once deferred (intended_at kept), then failed: the operator's
+    re-drive makes it due now, and its max lateness counts from then again."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    sms_journey("first", max_lateness="PT2H")
+    checkout("co_1")
+    (send,) = sends()
+    five_hours_ago = timezone.now() - timedelta(hours=5)
+    ScheduledSend.objects.filter(pk=send.pk).update(
+        status="failed", reason="failed: provider down", due_at=five_hours_ago,
+        intended_at=five_hours_ago - timedelta(hours=1), updated_at=timezone.now(),
+    )  # fmt: skip
+
+    call_command("sends_retry", "--failed", "--since", "1h", stdout=StringIO())
+
+    send.refresh_from_db()
+    assert (send.status, send.intended_at) == ("pending", None)
+    assert dispatch_due() == {send.pk: "sent"}

@@ -229,7 +229,7 @@ def test_the_frequency_cap_count_reads_the_sent_and_active_indexes(many_sends):
 
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {SENDS} SET status = 'sent', sent_at = now() - interval '1 hour' "
+            f"UPDATE {SENDS} SET status = 'sent', sent_at = now() - interval '1 hour' "  # noqa: S608 (no input)
             f"WHERE id IN (SELECT id FROM {SENDS} ORDER BY id LIMIT 1000)"
         )
         cursor.execute(f"ANALYZE {SENDS}")
