@@ -4,11 +4,17 @@ than a cap allows, nor does the provider see one call too many; the highest prio
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.db import connection, connections
@@ -26,6 +32,7 @@ pytestmark = [
 
 CUSTOMERS = 24
 WORKERS = 8
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class SlowChannel:
@@ -41,6 +48,10 @@ class SlowChannel:
         time.sleep(random.uniform(*SlowChannel.seconds))
         with SlowChannel.lock:
             SlowChannel.calls.append(message.send_id)
+            shared = os.environ.get("NUDGE_TEST_CALLS_FILE")  # worker processes
+            if shared:
+                with open(shared, "a") as calls:
+                    calls.write(f"{message.send_id}\n")
         return f"slow-{message.send_id}"
 
 
@@ -64,7 +75,11 @@ def _journey(slug: str, channel: str, **overrides: object) -> None:
                  **overrides)  # fmt: skip
 
 
-def test_parallel_dispatch_never_exceeds_a_cap_and_the_highest_priority_wins(slow_channels):
+def _scenario() -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Caps, seven journeys (three SMS and three email priorities, one transactional SMS),
+    CUSTOMERS customers with a due send in each, a third of them with an email sent
+    yesterday; everything claimed. Returns the claimed ids by customer, and the customers
+    with their email of yesterday."""
     FrequencyCap.objects.create(channel="sms", max_sends=1, period=timedelta(days=1))
     FrequencyCap.objects.create(channel="email", max_sends=2, period=timedelta(days=1))
     FrequencyCap.objects.create(channel="email", max_sends=5, period=timedelta(days=7))
@@ -85,46 +100,37 @@ def test_parallel_dispatch_never_exceeds_a_cap_and_the_highest_priority_wins(slo
     )
     claimed = services.scheduled_sends_claim_due(limit=10_000)
     assert len(claimed) == CUSTOMERS * 7 - len(history)
-
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(WORKERS)
-
     by_customer_ids: dict[int, list[int]] = defaultdict(list)
     for send_id, customer_id in ScheduledSend.objects.filter(pk__in=claimed).values_list(
         "pk", "customer_id"
     ):
         by_customer_ids[customer_id].append(send_id)
+    return by_customer_ids, history
 
-    def worker(seed: int) -> None:
-        """Half the customers, at random, two at a time: all their sends in one call, in a
-        random order, so that its later takes meet its own calls in flight and the other
-        workers meet its customer locks."""
-        try:
-            rng = random.Random(seed)
-            customers = rng.sample(sorted(by_customer_ids), k=CUSTOMERS // 2)
-            barrier.wait()
-            for start in range(0, len(customers), 2):
-                ids = [i for c in customers[start : start + 2] for i in by_customer_ids[c]]
-                rng.shuffle(ids)
-                services.scheduled_sends_dispatch(send_ids=ids)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            connections.close_all()
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(WORKERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
-    # what a task gave up on (its customer locked elsewhere too long) is still claimed
+def _worker_batches(by_customer_ids: dict[int, list[int]], seed: int) -> list[list[int]]:
+    """A worker's calls: half the customers, at random, two at a time, all their sends in
+    one call in a random order, so that its later takes meet its own calls in flight and the
+    other workers meet its customer locks."""
+    rng = random.Random(seed)
+    customers = rng.sample(sorted(by_customer_ids), k=CUSTOMERS // 2)
+    batches = []
+    for start in range(0, len(customers), 2):
+        ids = [i for c in customers[start : start + 2] for i in by_customer_ids[c]]
+        rng.shuffle(ids)
+        batches.append(ids)
+    return batches
+
+
+def _finish_and_check(history: dict[int, int], calls: Callable[[], list[int]]) -> None:
+    """Dispatch what a worker gave up on (its customer locked elsewhere too long: still
+    claimed), then check every customer's sends against the caps, on the rows and at the
+    provider, and that the highest priorities won."""
     left = list(ScheduledSend.objects.filter(status="sending").values_list("pk", flat=True))
     services.scheduled_sends_dispatch(send_ids=left)
-
     rows = list(ScheduledSend.objects.select_related("journey").order_by("pk"))
     assert not [s for s in rows if s.status == "sending"]
-    called = Counter(slow_channels.calls)
+    called = Counter(calls())
     assert all(count == 1 for count in called.values()), "a send was called twice"
     by_customer: dict[int, list[ScheduledSend]] = defaultdict(list)
     for send in rows:
@@ -163,6 +169,83 @@ def test_parallel_dispatch_never_exceeds_a_cap_and_the_highest_priority_wins(slo
                 assert send.attempts == 0
             else:
                 assert send.status == "sent", (send.status, send.reason)
+
+
+def test_parallel_dispatch_never_exceeds_a_cap_and_the_highest_priority_wins(slow_channels):
+    """Threads, each on its own database session."""
+    by_customer_ids, history = _scenario()
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(WORKERS)
+
+    def worker(seed: int) -> None:
+        try:
+            batches = _worker_batches(by_customer_ids, seed)
+            barrier.wait()
+            for ids in batches:
+                services.scheduled_sends_dispatch(send_ids=ids)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(WORKERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+
+    _finish_and_check(history, lambda: slow_channels.calls)
+
+
+_PROCESS_SCRIPT = """
+import json, sys, time
+import django
+django.setup()
+from journeys import services
+start, batches = json.loads(sys.argv[1])
+time.sleep(max(0.0, start - time.time()))
+for ids in batches:
+    services.scheduled_sends_dispatch(send_ids=ids)
+"""
+
+
+@pytest.mark.slow
+def test_parallel_dispatch_in_processes_never_exceeds_a_cap(slow_channels, tmp_path):
+    """The same with worker processes (the way django-q2 runs them), each calling the
+    dispatch service; the provider records its calls in a shared file."""
+    by_customer_ids, history = _scenario()
+    calls_file = tmp_path / "calls"
+    calls_file.touch()
+    s = connection.settings_dict
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings_test",
+        "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}",
+        "NUDGE_EMAIL_CHANNEL": "tests.journeys.test_pacing_race.SlowChannel",
+        "NUDGE_SMS_CHANNEL": "tests.journeys.test_pacing_race.SlowChannel",
+        "NUDGE_DISPATCH_CHUNK": "1",
+        "NUDGE_DISPATCH_INFLIGHT": "8",
+        "NUDGE_TEST_CALLS_FILE": str(calls_file),
+    }
+    start = time.time() + 3  # all at once, once every process has started Django
+    processes = []
+    for seed in range(4):
+        argument = json.dumps([start, _worker_batches(by_customer_ids, seed)])
+        command = [sys.executable, "-c", _PROCESS_SCRIPT, argument]
+        processes.append(
+            subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+        )
+    for process in processes:
+        _, stderr = process.communicate(timeout=180)
+        assert process.returncode == 0, stderr[-3000:]
+
+    # the processes did the work (a receipt and at least one message per customer each)
+    assert len(calls_file.read_text().split()) >= 2 * CUSTOMERS
+    _finish_and_check(
+        history,
+        lambda: [int(line) for line in calls_file.read_text().split()] + slow_channels.calls,
+    )
 
 
 def test_a_later_take_counts_the_call_still_in_flight(slow_channels):
