@@ -252,3 +252,53 @@ def test_a_broken_site_send_window_stops_the_process(settings):
     for fine in ("09:00-21:00", "22:00-07:00", "", "off"):
         settings.NUDGE_SEND_WINDOW = fine
         assert send_window_check() == []
+
+
+# the example of the README's "Pacing" section
+README_EXAMPLE = """
+{
+  "caps": [
+    {"channel": "sms", "max_sends": 1, "period": "P1D", "active": true},
+    {"channel": "sms", "max_sends": 3, "period": "P7D", "active": true},
+    {"channel": "email", "max_sends": 3, "period": "P7D", "active": true}
+  ],
+  "journeys": [
+    {
+      "slug": "abandoned-cart-sms",
+      "name": "Abandoned cart: SMS",
+      "trigger": "checkout_started",
+      "exit_on": ["payment_finished"],
+      "max_lateness": "P1D",
+      "priority": 10,
+      "transactional": false,
+      "send_window": {"start": "09:00", "end": "21:00", "weekdays_only": true},
+      "steps": [{"delay": "PT1H", "channel": "sms",
+                 "template": {"body": "Your cart is waiting: {{ cart.checkout_url }}"}}]
+    },
+    {
+      "slug": "receipt",
+      "name": "Receipt",
+      "trigger": "payment_finished",
+      "transactional": true,
+      "send_window": null,
+      "steps": [{"delay": "PT0S", "channel": "email",
+                 "template": {"subject": "Thank you", "body": "We received your payment."}}]
+    }
+  ]
+}
+"""
+
+
+def test_the_documented_example_imports_and_exports_as_written():
+    data = json.loads(README_EXAMPLE)
+
+    summary = services.journeys_import(data=data)
+
+    assert summary.created == ["abandoned-cart-sms", "receipt"]
+    assert summary.caps_saved == ["1 SMS per 24 h", "3 SMS per 7 days", "3 emails per 7 days"]
+    exported = journeys_export()
+    assert sorted(exported["caps"], key=str) == sorted(data["caps"], key=str)
+    by_slug = {j["slug"]: j for j in exported["journeys"]}
+    assert by_slug["abandoned-cart-sms"]["send_window"] == data["journeys"][0]["send_window"]
+    assert by_slug["receipt"]["send_window"] is None
+    assert by_slug["receipt"]["transactional"] is True
