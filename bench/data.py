@@ -10,14 +10,18 @@ from django.db import connection
 # One statement per chunk: customers, one enrolment each, one pending send each (email unless
 # told otherwise). Each customer has a number of its own (a valid US one, +1 415 NXX XXXX), so
 # that a provider that knows a message only by its To (the fake Twilio) tells them apart.
+# Their consent is granted (source "import"): under NUDGE_CONSENT_DEFAULT=deny an unknown one
+# sends no marketing.
 # The trigger occurred an hour ago, so any payment of these customers "now" exits them.
 _SENDS_SQL = """
 WITH c AS (
     INSERT INTO marketing_customer (external_id, email, phone, first_name, timezone,
-                                    consent_email, consent_sms, created_at, updated_at)
+                                    email_consent, email_consent_source, email_consent_at,
+                                    sms_consent, sms_consent_source, sms_consent_at,
+                                    created_at, updated_at)
     SELECT %(prefix)s || g, %(prefix)s || g || '@example.com', '+1415' || (2000000 + g %% 8000000),
            'Ana', 'UTC',
-           true, true, now(), now()
+           'granted', 'import', now(), 'granted', 'import', now(), now(), now()
       FROM generate_series(%(first)s, %(last)s) g
     RETURNING id
 ), e AS (

@@ -588,6 +588,8 @@ def _event(event_id: str, user: str, kind: int, now: datetime) -> dict[str, Any]
             "phone": "+14155550101",
             "first_name": "Ana",
             "timezone": "Europe/Berlin",
+            # recorded consent: under NUDGE_CONSENT_DEFAULT=deny an unknown one sends nothing
+            "consent": {"email": True, "sms": True},
         },
     }
     cart = f"cart-{user}"

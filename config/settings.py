@@ -462,7 +462,12 @@ NUDGE_CIRCUIT_OPEN_SECONDS = env.float(
 NUDGE_CIRCUIT_MAX_OPEN_SECONDS = env.float(
     "NUDGE_CIRCUIT_MAX_OPEN_SECONDS", default=DEFAULTS["NUDGE_CIRCUIT_MAX_OPEN_SECONDS"]
 )
-# Privacy: the key of erased customers' hashed suppression entries (empty: SECRET_KEY; keep
+# Consent: what an unknown consent means for marketing journeys, "deny" (no marketing without
+# recorded consent, as GDPR asks) or "allow"; any other value fails the start-up checks.
+NUDGE_CONSENT_DEFAULT = (
+    env.str("NUDGE_CONSENT_DEFAULT", default=DEFAULTS["NUDGE_CONSENT_DEFAULT"]).strip().lower()
+)
+# Privacy: the key of the suppression list's hashed addresses (empty: SECRET_KEY; keep
 # it stable), and how many days finished events' payloads and sent messages' bodies are kept
 # (0: for ever); `manage.py nudge_purge` and its daily schedule purge in batches of this many.
 NUDGE_ERASURE_PEPPER = env.str("NUDGE_ERASURE_PEPPER", default=DEFAULTS["NUDGE_ERASURE_PEPPER"])

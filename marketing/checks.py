@@ -46,3 +46,24 @@ def public_url_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             id="nudge.W002",
         )
     ]
+
+
+CONSENT_DEFAULTS = ("deny", "allow")
+
+
+@register()
+def consent_default_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """NUDGE_CONSENT_DEFAULT decides whether marketing goes to customers whose consent is
+    unknown: a typo must stop the start, not silently pick one of the two."""
+    value = settings.NUDGE_CONSENT_DEFAULT
+    if isinstance(value, str) and value.strip().lower() in CONSENT_DEFAULTS:
+        return []
+    return [
+        Error(
+            f"NUDGE_CONSENT_DEFAULT is {value!r}: it must be 'deny' (no marketing without "
+            "recorded consent) or 'allow' (marketing also to customers whose consent is "
+            "unknown).",
+            hint="Set NUDGE_CONSENT_DEFAULT=deny (the default, as GDPR asks) or allow.",
+            id="nudge.E030",
+        )
+    ]

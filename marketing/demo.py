@@ -54,8 +54,11 @@ def load_demo(*, stdout: OutputWrapper, reset: bool = False) -> None:
                 email=email,
                 phone=phone,
                 timezone_name=timezone_name,
+                # recorded explicitly: under NUDGE_CONSENT_DEFAULT=deny (the default) an
+                # unknown consent sends no marketing
                 consent_email=True,
                 consent_sms=True,
+                consent_source="demo",
             )
     for cart_id, customer_id, total in DEMO_CARTS:
         if cart_id in found_carts and not reset:

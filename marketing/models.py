@@ -20,6 +20,16 @@ class EventType(models.TextChoices):
     PAYMENT_FINISHED = "payment_finished", "Payment finished"
 
 
+class ConsentState(models.TextChoices):
+    """A customer's consent to marketing on one channel (Customer.<channel>_consent). Unknown
+    means nobody said: NUDGE_CONSENT_DEFAULT decides what that means for marketing journeys
+    (journeys.services.consent); a transactional journey sends; revoked stops every journey."""
+
+    UNKNOWN = "unknown", "unknown"
+    GRANTED = "granted", "granted"
+    REVOKED = "revoked", "revoked"
+
+
 class OptOutSource(models.TextChoices):
     """How a customer opted out themselves (the reason a skipped send gives)."""
 
@@ -39,10 +49,50 @@ class Customer(models.Model):
     phone = models.CharField(max_length=16, blank=True, validators=[E164])
     first_name = models.CharField(max_length=150, blank=True)
     timezone = models.CharField(max_length=64, default="UTC")
-    consent_email = models.BooleanField("email consent", default=True)
-    consent_sms = models.BooleanField("SMS consent", default=True)
-    # Set by the customer's own opt-out (marketing.services.consent), cleared when they opt in
-    # again the same way: while set, an event's consent.email=true does not opt them back in.
+    # Consent per channel: its state, who or what said so ("event:<event id>", "admin:<user>",
+    # "unsubscribe_link", "sms_reply", "import", "demo", "migration"...) and when (an event's
+    # occurred_at, else the moment it was recorded). An event older than `<channel>_consent_at`
+    # does not change it (marketing.services.consent.consent_decide; services.profiles holds
+    # the same rule in SQL). db_default: the events' raw INSERTs name only what they set.
+    email_consent = models.CharField(
+        "email consent",
+        max_length=8,
+        choices=ConsentState.choices,
+        default=ConsentState.UNKNOWN,
+        db_default=ConsentState.UNKNOWN,
+    )
+    email_consent_source = models.CharField(
+        "email consent source",
+        max_length=300,
+        blank=True,
+        default="",
+        db_default="",
+        editable=False,
+    )
+    email_consent_at = models.DateTimeField(
+        "email consent recorded at", null=True, blank=True, editable=False
+    )
+    sms_consent = models.CharField(
+        "SMS consent",
+        max_length=8,
+        choices=ConsentState.choices,
+        default=ConsentState.UNKNOWN,
+        db_default=ConsentState.UNKNOWN,
+    )
+    sms_consent_source = models.CharField(
+        "SMS consent source",
+        max_length=300,
+        blank=True,
+        default="",
+        db_default="",
+        editable=False,
+    )
+    sms_consent_at = models.DateTimeField(
+        "SMS consent recorded at", null=True, blank=True, editable=False
+    )
+    # Set by the customer's own opt-out (marketing.services.consent: it also revokes the
+    # consent, with the opt-out as its source), cleared when they opt in again the same way:
+    # while set, an event's consent.email=true does not opt them back in.
     email_opted_out_at = models.DateTimeField(null=True, blank=True, editable=False)
     # db_default: the events' raw INSERTs (services.profiles) name only the profile's columns
     email_opted_out_via = models.CharField(
@@ -73,8 +123,9 @@ class Customer(models.Model):
     def __str__(self) -> str:
         return self.external_id
 
-    def has_consent(self, channel: str) -> bool:
-        return self.consent_email if channel == Channel.EMAIL else self.consent_sms
+    def consent(self, channel: str) -> str:
+        """The ConsentState of the customer's consent on `channel`."""
+        return self.email_consent if channel == Channel.EMAIL else self.sms_consent
 
 
 class Cart(models.Model):
@@ -171,23 +222,32 @@ class Event(models.Model):
 
 
 class Suppression(models.Model):
-    """An address no message goes to on that channel, after the provider said it bounced
-    for good or its owner complained (marketing.services.suppression). Dispatch skips every
-    send to it, whichever customer holds it.
+    """An address no message goes to on that channel, whichever customer holds it
+    (marketing.services.suppression): a provider's hard bounce, a spam complaint, an
+    unsubscribe, a STOP reply, an erasure, or an operator's entry in the admin. Dispatch skips
+    every send to it ("suppressed: <reason>").
 
-    An erased customer (marketing.services.erasure) leaves entries whose address is a keyed
-    hash ("hmac-sha256:<hex>") of their email, phone number or external id, never the value:
-    no later customer with that id, email or phone is messaged."""
+    The address is never stored: `address` is a keyed hash ("hmac-sha256:<hex>") of the
+    normalised email or phone number (or, for an erasure, also of the external id), made by
+    marketing.services.suppression.identifier_digest under NUDGE_ERASURE_PEPPER. One row per
+    reason: a re-subscribe removes an unsubscribe's row, a START a STOP's, and neither touches
+    a bounce's, a complaint's or an erasure's."""
 
     class Reason(models.TextChoices):
         BOUNCED = "bounced", "hard bounce"
         COMPLAINED = "complained", "spam complaint"
         ERASED = "erased", "erased customer"
+        UNSUBSCRIBED = "unsubscribed", "unsubscribed"
+        STOPPED = "stopped", "SMS STOP"
+        MANUAL = "manual", "added by an operator"
 
     channel = models.CharField(max_length=8, choices=Channel.choices)
-    # an email lower-cased, a phone number in E.164
+    # "hmac-sha256:<hex>" of "email:<lower-cased email>", "phone:<E.164>" or "id:<external id>"
     address = models.CharField(max_length=254)
     reason = models.CharField(max_length=16, choices=Reason.choices)
+    # who or what suppressed it: "admin:<user>", "unsubscribe_link", "sms_reply", a provider...
+    source = models.CharField(max_length=300, blank=True, default="", db_default="")
+    # the provider's words (with the address itself cut out), or the operator's note
     detail = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(default=now, editable=False)
 
@@ -195,9 +255,9 @@ class Suppression(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["channel", "address"], name="suppression_unique_address"
+                fields=["channel", "address", "reason"], name="suppression_unique_reason"
             )
         ]
 
     def __str__(self) -> str:
-        return f"{self.channel} {self.address} ({self.reason})"
+        return f"{self.get_channel_display()} {self.address[:24]}… ({self.get_reason_display()})"

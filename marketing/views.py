@@ -12,7 +12,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from marketing import services
-from marketing.models import Channel, Customer
+from marketing.models import Channel, ConsentState, Customer
 
 PAGE_TEMPLATE = "nudge/unsubscribe/page.html"
 INVALID_TEMPLATE = "nudge/unsubscribe/invalid.html"
@@ -44,7 +44,8 @@ def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
         return render(request, INVALID_TEMPLATE, status=404)
     context = {
         "email": customer.email,
-        "subscribed": customer.consent_email,
+        "subscribed": customer.email_opted_out_at is None
+        and customer.email_consent != ConsentState.REVOKED,
         "changed": request.method == "POST",
     }
     response = render(request, PAGE_TEMPLATE, context)

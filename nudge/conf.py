@@ -109,8 +109,13 @@ DEFAULTS: dict[str, Any] = {
     # `manage.py qcluster` (nudge.cluster): how long busy workers get to finish their task
     # after SIGTERM/SIGINT before they are killed (their rows' leases bring the work back)
     "NUDGE_SHUTDOWN_GRACE_SECONDS": 20,
+    # --- consent (journeys.services.consent): what a customer's "unknown" consent means for
+    # marketing journeys: "deny" (GDPR: no marketing without recorded consent) or "allow".
+    # Transactional journeys send when it is unknown; a revoked consent stops every journey.
+    "NUDGE_CONSENT_DEFAULT": "deny",
     # --- privacy (journeys.services.erasure, journeys.services.retention)
-    # The key of the erased customers' hashed suppression entries; "" means SECRET_KEY. Keep
+    # The key of the suppression list's hashed addresses (bounces, complaints, unsubscribes,
+    # STOP replies, erasures, operators' entries); "" means SECRET_KEY. Keep
     # it when SECRET_KEY rotates: entries hashed with another key no longer match.
     "NUDGE_ERASURE_PEPPER": "",
     # Days after which finished events' payloads and finished sends' rendered messages are

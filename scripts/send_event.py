@@ -6,6 +6,11 @@ copy it into any project.
     python scripts/send_event.py --type checkout_started --user u_1 --cart c_1 --total 120.00
     python scripts/send_event.py --type payment_finished --user u_1 --cart c_1 --payment p_1
 
+The customer's consent is sent as granted on email and SMS (`user.consent`), as a shop does for
+a customer who ticked the box: with NUDGE_CONSENT_DEFAULT=deny (the default) a customer whose
+consent is unknown gets no marketing. `--consent email` grants email only; `--consent none`
+says nothing about consent; `--revoke sms` sends consent.sms=false.
+
 The secret is NUDGE_WEBHOOK_SECRET from the environment or from `.env` (the first one when it
 lists several); the URL is --url, else NUDGE_URL, else http://127.0.0.1:8000/api/events/.
 Exits 0 when Nudge answered 2xx.
@@ -60,6 +65,10 @@ def build_event(args: argparse.Namespace) -> dict:
     }
     if args.phone:
         event["user"]["phone"] = args.phone
+    consent = {channel: True for channel in _channels(args.consent)}
+    consent |= {channel: False for channel in _channels(args.revoke)}
+    if consent:
+        event["user"]["consent"] = consent
     if args.cart:
         event["cart"] = {
             "id": args.cart,
@@ -79,6 +88,20 @@ def build_event(args: argparse.Namespace) -> dict:
     return event
 
 
+CHANNELS = ("email", "sms")
+
+
+def _channels(text: str) -> list[str]:
+    """'email,sms' -> ['email', 'sms']; 'none' or '' -> []."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [name for name in names if name not in CHANNELS]
+    if unknown:
+        sys.exit(f"unknown channel(s) {', '.join(unknown)}: use email, sms or none")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--type", default="user_registered")
@@ -89,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payment", help="payment id (payment_finished needs one)")
     parser.add_argument("--total", default="120.00", help="cart total and payment amount")
     parser.add_argument("--currency", default="EUR")
+    parser.add_argument(
+        "--consent",
+        default="email,sms",
+        help="channels the customer consents to (default: email,sms; 'none': say nothing)",
+    )
+    parser.add_argument("--revoke", default="", help="channels the customer withdrew consent on")
     parser.add_argument("--id", help="event id (default: a new one)")
     parser.add_argument(
         "--occurred-at", help="ISO 8601 with offset (default: now); a repeat needs the same"

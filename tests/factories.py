@@ -4,8 +4,9 @@ from decimal import Decimal
 
 import factory
 from django.core.files.base import ContentFile
+from django.utils.timezone import now
 
-from marketing.models import Cart, Customer, Payment
+from marketing.models import Cart, ConsentState, Customer, Payment
 from media_tasks.models import UploadedImage
 from media_tasks.samples import photo_jpeg
 
@@ -19,6 +20,14 @@ class CustomerFactory(factory.django.DjangoModelFactory[Customer]):
     phone = factory.Sequence(lambda n: f"+1415555{n:04d}")
     first_name = "Ana"
     timezone = "Europe/Berlin"
+    # consent recorded, so that marketing journeys send under NUDGE_CONSENT_DEFAULT=deny (the
+    # default); tests about consent set these themselves
+    email_consent = ConsentState.GRANTED
+    email_consent_source = "import"
+    email_consent_at = factory.LazyFunction(now)
+    sms_consent = ConsentState.GRANTED
+    sms_consent_source = "import"
+    sms_consent_at = factory.LazyFunction(now)
 
 
 class CartFactory(factory.django.DjangoModelFactory[Cart]):

@@ -49,13 +49,14 @@ from journeys.durations import humanize
 from journeys.models import ScheduledSend
 from journeys.rendering import render, render_subject
 from journeys.services import inflight, pacing, providers
+from journeys.services.consent import consent_refusal
 from journeys.services.exits import exit_event_first, exit_reason
 from journeys.sqlnames import sql
 from marketing.models import Cart, Channel, Customer, Event, Suppression
 from marketing.services.canonical import iso_utc
-from marketing.services.consent import opted_out_reason, unsubscribe_headers, unsubscribe_url
+from marketing.services.consent import unsubscribe_headers, unsubscribe_url
 from marketing.services.erasure import erased_addresses
-from marketing.services.suppression import suppressed_reason, suppression_address
+from marketing.services.suppression import suppressed_reason, suppression_first
 from nudge import shutdown
 from nudge.db.rows import related_set, rows_as_instances, select_list
 
@@ -502,10 +503,11 @@ def _exit_events_for(sends: list[ScheduledSend]) -> dict[int, Event]:
 
 
 def _suppressions_for(sends: list[ScheduledSend]) -> dict[int, Suppression]:
-    """For each send whose address is suppressed (a hard bounce, a complaint) or whose
-    customer's id, email or phone was erased (its hashed entries,
-    marketing.services.erasure), its suppression, by send id, the erasure's first: one
-    query for the whole chunk, none when it is empty."""
+    """For each send whose address is on the suppression list (a hard bounce, a complaint,
+    an unsubscribe, a STOP, an operator's entry, an erasure) or whose customer's external id
+    was erased, the suppression it gives as its reason, by send id (the erasure's first,
+    marketing.services.suppression.REASON_PRECEDENCE): one query for the whole chunk, none
+    when it is empty. The list holds keyed hashes, so the recipients are hashed here."""
     addresses: dict[int, list[tuple[str, str]]] = {}
     for send in sends:
         # the stored address, not _recipient(): a phone is stored E.164 (Customer.phone's
@@ -515,20 +517,22 @@ def _suppressions_for(sends: list[ScheduledSend]) -> dict[int, Suppression]:
         hashed = erased_addresses(
             channel=send.channel, external_id=customer.external_id, address=recipient
         )
-        plain = [suppression_address(send.channel, recipient)] if recipient else []
-        addresses[send.pk] = [(send.channel, address) for address in [*hashed, *plain]]
+        addresses[send.pk] = [(send.channel, address) for address in hashed]
     if not addresses:
         return {}
     pairs = {pair for candidates in addresses.values() for pair in candidates}
     where = Q()
     for channel in {c for c, _ in pairs}:
         where |= Q(channel=channel, address__in=[a for c, a in pairs if c == channel])
-    found = {(s.channel, s.address): s for s in Suppression.objects.filter(where)}
-    return {
-        pk: next(found[pair] for pair in candidates if pair in found)
-        for pk, candidates in addresses.items()
-        if any(pair in found for pair in candidates)
-    }
+    found: dict[tuple[str, str], list[Suppression]] = {}
+    for suppression in Suppression.objects.filter(where):
+        found.setdefault((suppression.channel, suppression.address), []).append(suppression)
+    chosen = {}
+    for pk, candidates in addresses.items():
+        rows = [row for pair in candidates for row in found.get(pair, [])]
+        if rows:
+            chosen[pk] = suppression_first(rows)
+    return chosen
 
 
 # --- deciding and sending -------------------------------------------------------------------
@@ -550,9 +554,14 @@ def _reason_not_to_send(
         return Status.CANCELLED, "cancelled: step removed from the journey"
     if exit_event is not None:
         return Status.CANCELLED, exit_reason(exit_event)
-    customer = send.customer
-    if not customer.has_consent(send.channel):
-        return Status.SKIPPED, opted_out_reason(customer, send.channel, send.get_channel_display())
+    no_consent = consent_refusal(
+        send.customer,
+        send.channel,
+        transactional=journey.transactional,
+        channel_label=send.get_channel_display(),
+    )
+    if no_consent is not None:
+        return Status.SKIPPED, no_consent
     try:
         recipient = _recipient(send)
     except ValueError as exc:  # never sent, never retried: the number will not become valid

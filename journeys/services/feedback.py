@@ -84,7 +84,13 @@ def send_delivery_record(
         )
     reason = _SUPPRESSES.get(status)
     if reason is not None and send.recipient:
-        address_suppress(channel=send.channel, address=send.recipient, reason=reason, detail=detail)
+        address_suppress(
+            channel=send.channel,
+            address=send.recipient,
+            reason=reason,
+            source=f"provider:{provider}",
+            detail=detail,
+        )
     if status == Delivery.UNSUBSCRIBED and send.channel == Channel.EMAIL:
         customer_unsubscribe(customer_id=send.customer_id, source=OptOutSource.ESP_UNSUBSCRIBE)
     return send

@@ -24,11 +24,18 @@ from marketing.services.applying import (
 from marketing.services.batch import event_ingest_outcome, events_ingest_batch
 from marketing.services.canonical import canonical_json, canonical_sha256
 from marketing.services.consent import (
+    CONSENT_FIELDS,
+    OPT_OUT_FIELDS,
+    ConsentHeldByOptOut,
     UnsubscribeTokenInvalid,
+    consent_of,
+    consent_text,
+    customer_consent_set,
     customer_resubscribe,
     customer_sms_opt_in,
     customer_sms_opt_out,
     customer_unsubscribe,
+    opted_out_reason,
     unsubscribe_headers,
     unsubscribe_token,
     unsubscribe_token_read,
@@ -51,22 +58,36 @@ from marketing.services.outcomes import (
 )
 from marketing.services.profiles import customer_upsert
 from marketing.services.purchases import cart_upsert, payment_upsert
-from marketing.services.suppression import address_suppress, suppressed_reason
+from marketing.services.suppression import (
+    address_digest,
+    address_suppress,
+    address_unsuppress,
+    suppressed_reason,
+    suppressions_delete,
+)
 
 __all__ = [
+    "CONSENT_FIELDS",
     "HOST_EVENT_FOR_MODEL",
     "MARKETER_GROUP",
     "MARKETER_PERMISSIONS",
+    "OPT_OUT_FIELDS",
     "BatchOutcome",
     "CartOwnedByAnotherCustomer",
+    "ConsentHeldByOptOut",
     "EventConflict",
     "EventInvalid",
     "IngestResult",
     "UnsubscribeTokenInvalid",
+    "address_digest",
     "address_suppress",
+    "address_unsuppress",
     "canonical_json",
     "canonical_sha256",
     "cart_upsert",
+    "consent_of",
+    "consent_text",
+    "customer_consent_set",
     "customer_resubscribe",
     "customer_sms_opt_in",
     "customer_sms_opt_out",
@@ -87,8 +108,10 @@ __all__ = [
     "host_event_record",
     "marketer_group_sync",
     "marketer_user_ensure",
+    "opted_out_reason",
     "payment_upsert",
     "suppressed_reason",
+    "suppressions_delete",
     "unsubscribe_headers",
     "unsubscribe_token",
     "unsubscribe_token_read",

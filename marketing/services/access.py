@@ -13,8 +13,18 @@ MARKETER_GROUP = "Marketer"
 # from this list after every migrate (receivers.sync_marketer_group).
 MARKETER_PERMISSIONS: dict[str, list[str]] = {
     # customers' consent and contact details are the marketer's to correct; the rest is
-    # what the shop reported and is only read
-    "marketing": ["view_customer", "change_customer", "view_cart", "view_payment", "view_event"],
+    # what the shop reported and is only read; the suppression list is theirs to keep
+    # (add an address, unsuppress one)
+    "marketing": [
+        "view_customer",
+        "change_customer",
+        "view_cart",
+        "view_payment",
+        "view_event",
+        "view_suppression",
+        "add_suppression",
+        "delete_suppression",
+    ],
     "journeys": [
         # a journey is deactivated, never deleted: its sends and enrolments are the record of
         # what was promised and sent, and outlive it

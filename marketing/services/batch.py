@@ -198,6 +198,7 @@ def _batch_store(source: str, items: list[Item]) -> list[BatchOutcome]:
                 (
                     items[by_user[user][round_]][0]["user"],
                     items[by_user[user][round_]][0]["occurred_at"],
+                    items[by_user[user][round_]][0]["id"],
                 )
                 for user in users
                 if len(by_user[user]) > round_
@@ -212,7 +213,7 @@ def _batch_store(source: str, items: list[Item]) -> list[BatchOutcome]:
                 customer_ids = dict(cursor.fetchall())
                 if len(customer_ids) != len(users):
                     raise _BatchRaced  # a customer went away meanwhile
-            known = [(user, as_of) for user, as_of in profiles if user["id"] not in created]
+            known = [profile for profile in profiles if profile[0]["id"] not in created]
             if known:
                 cursor.execute(BATCH_CUSTOMERS_UPDATE_SQL, [now, *customer_profiles_arrays(known)])
 

@@ -12,55 +12,38 @@ What goes, and what stays:
   enrol no one. `body_sha256` stays: a repeat delivery of the same event is still answered as
   a repeat, not stored again;
 - their carts: checkout URL and items emptied (totals and currencies stay: revenue);
-- the plain suppressions of their email and phone (bounces, complaints) are replaced by the
-  hashed entries below; the admin's history names the customer "erased:<row id>".
+- their consent: revoked on both channels, source "erasure";
+- the suppressions of their email and phone (bounces, complaints, unsubscribes, STOP) stay:
+  they are keyed hashes already (services.suppression), and other customers may share the
+  address; the admin's history names the customer "erased:<row id>".
 
-The hashed entries are Suppression rows (reason "erased") whose address is an HMAC-SHA256 of
-the normalised external id, email or phone under NUDGE_ERASURE_PEPPER (SECRET_KEY when
-empty): dispatch looks them up with the plain suppressions, in the same query, so that no
-later customer with that id, email or phone is messaged ("suppressed: erased customer"); the
-value itself is not kept, and the key keeps a list of known addresses from being tested
+The erasure adds Suppression rows (reason "erased") whose address is the keyed hash
+(services.suppression.identifier_digest) of the external id (on every channel), the email
+and the phone: dispatch looks them up with the rest of the list, in the same query, so that
+no later customer with that id, email or phone is messaged ("suppressed: erased customer");
+the value itself is not kept, and the key keeps a list of known addresses from being tested
 against them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from datetime import datetime
-from functools import cache
 
-from django.conf import settings
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Q
 from django.utils import timezone
 
-from marketing.models import Cart, Channel, Customer, Event, Suppression
+from marketing.models import Cart, Channel, ConsentState, Customer, Event, Suppression
 from marketing.services.retention import event_payloads_purge
-from marketing.services.suppression import suppression_address
+from marketing.services.suppression import ADDRESS_KIND as _ADDRESS_KIND
+from marketing.services.suppression import HASH_PREFIX as ERASED_PREFIX
+from marketing.services.suppression import KIND_EMAIL as _EMAIL
+from marketing.services.suppression import KIND_ID as _ID
+from marketing.services.suppression import KIND_PHONE as _PHONE
+from marketing.services.suppression import identifier_digest as erasure_digest
 
-ERASED_PREFIX = "hmac-sha256:"
-# what each kind of identifier is hashed as (the kind is part of the hashed text, so an email
-# and an external id that happen to be equal give different entries)
-_ID, _EMAIL, _PHONE = "id", "email", "phone"
-_ADDRESS_KIND: dict[str, str] = {Channel.EMAIL: _EMAIL, Channel.SMS: _PHONE}
-
-
-@cache
-def _mac(key: str) -> hmac.HMAC:
-    return hmac.new(key.encode(), digestmod=hashlib.sha256)
-
-
-def erasure_digest(*, kind: str, value: str) -> str:
-    """The hashed suppression address of one identifier: "hmac-sha256:<hex>" of
-    "<kind>:<value>", the value normalised as the suppressions store it (an email
-    lower-cased, a phone number and an external id as given, without surrounding space)."""
-    channel = Channel.EMAIL if kind == _EMAIL else Channel.SMS
-    normalised = suppression_address(channel, value) if kind != _ID else value.strip()
-    mac = _mac(settings.NUDGE_ERASURE_PEPPER or settings.SECRET_KEY).copy()
-    mac.update(f"{kind}:{normalised}".encode())
-    return ERASED_PREFIX + mac.hexdigest()
+__all__ = ["ERASED_PREFIX", "erasure_digest"]
+ERASURE_SOURCE = "erasure"
 
 
 def erased_addresses(*, channel: str, external_id: str, address: str) -> list[str]:
@@ -108,24 +91,18 @@ def customer_data_erase(
     of each table were (with `dry_run`: would be) changed; nothing is written on a dry run.
     A customer already erased changes nothing."""
     counts = {"customers": 0, "events": 0, "carts": 0}
-    counts |= {"suppressions_removed": 0, "suppressions_added": 0, "admin_log": 0}
+    counts |= {"suppressions_added": 0, "admin_log": 0}
     if customer.erased_at is not None:
         return counts
     now = now or timezone.now()
     events = Event.objects.filter(customer=customer)
     carts = Cart.objects.filter(customer=customer)
-    plain = Q(pk__in=[])
-    if customer.email:
-        plain |= Q(
-            channel=Channel.EMAIL, address=suppression_address(Channel.EMAIL, customer.email)
-        )
-    if customer.phone:
-        plain |= Q(channel=Channel.SMS, address=suppression_address(Channel.SMS, customer.phone))
-    plain_suppressions = Suppression.objects.filter(plain)
     entries = _hashed_entries(customer)
     new_entries = set(entries) - set(
         Suppression.objects.filter(
-            channel__in=[c for c, _ in entries], address__in=[a for _, a in entries]
+            reason=Suppression.Reason.ERASED,
+            channel__in=[c for c, _ in entries],
+            address__in=[a for _, a in entries],
         ).values_list("channel", "address")
     )
     log = LogEntry.objects.filter(
@@ -135,7 +112,6 @@ def customer_data_erase(
         "customers": 1,
         "events": events.count(),
         "carts": carts.count(),
-        "suppressions_removed": plain_suppressions.count(),
         "suppressions_added": len(new_entries),
         "admin_log": log.count(),
     }
@@ -147,10 +123,14 @@ def customer_data_erase(
     event_ids = list(events.values_list("pk", flat=True))
     event_payloads_purge(event_ids=event_ids, purged="erasure")
     carts.update(checkout_url="", items=[], updated_at=now)
-    plain_suppressions.delete()
     Suppression.objects.bulk_create(
         [
-            Suppression(channel=channel, address=address, reason=Suppression.Reason.ERASED)
+            Suppression(
+                channel=channel,
+                address=address,
+                reason=Suppression.Reason.ERASED,
+                source=ERASURE_SOURCE,
+            )
             for channel, address in sorted(new_entries)
         ],
         ignore_conflicts=True,
@@ -160,7 +140,9 @@ def customer_data_erase(
     customer.external_id = erased_name
     customer.email = customer.phone = customer.first_name = ""
     customer.timezone = "UTC"
-    customer.consent_email = customer.consent_sms = False
+    customer.email_consent = customer.sms_consent = ConsentState.REVOKED
+    customer.email_consent_source = customer.sms_consent_source = ERASURE_SOURCE
+    customer.email_consent_at = customer.sms_consent_at = now
     customer.erased_at = now
     customer.save(
         update_fields=[
@@ -169,8 +151,12 @@ def customer_data_erase(
             "phone",
             "first_name",
             "timezone",
-            "consent_email",
-            "consent_sms",
+            "email_consent",
+            "email_consent_source",
+            "email_consent_at",
+            "sms_consent",
+            "sms_consent_source",
+            "sms_consent_at",
             "erased_at",
             "updated_at",
         ]

@@ -13,11 +13,11 @@ from typing import Any
 
 from django.db import transaction
 
-from marketing.models import Cart, Customer, Event, EventType, Payment
+from marketing.models import Cart, ConsentState, Customer, Event, EventType, Payment
 from marketing.services.canonical import iso_utc
 from marketing.services.ingest import event_record
 from marketing.services.outcomes import EventConflict, IngestResult
-from marketing.services.profiles import CUSTOMER_PROFILE
+from marketing.services.profiles import CUSTOMER_CONSENT, CUSTOMER_PROFILE
 from marketing.services.purchases import CART_STATE, PAYMENT_RECORD
 
 # Which event a newly saved host object stands for.
@@ -67,6 +67,14 @@ def host_event_payload(
     user: dict[str, Any] = {"id": customer.external_id}
     for c in CUSTOMER_PROFILE:
         c.place(user, getattr(customer, c.name))
+    # a known consent only: an unknown one is the absence of a statement
+    consent = {
+        c.key: getattr(customer, c.state.name) == ConsentState.GRANTED
+        for c in CUSTOMER_CONSENT
+        if getattr(customer, c.state.name) != ConsentState.UNKNOWN
+    }
+    if consent:
+        user["consent"] = consent
     payload: dict[str, Any] = {
         "id": event_id,
         "type": event_type,

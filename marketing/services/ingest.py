@@ -155,7 +155,7 @@ def _event_store_stepwise(
     received_at: datetime,
 ) -> tuple[int, int | None]:
     """(customer id, event id or None for a repeat): one statement per table."""
-    customer_id = customer_store(user=data["user"], as_of=data["occurred_at"])
+    customer_id = customer_store(user=data["user"], as_of=data["occurred_at"], event_id=data["id"])
     adapt = connection.ops.adapt_datetimefield_value
     with connection.cursor() as cursor:
         cursor.execute(

@@ -62,8 +62,14 @@ def make_event(
     payment: str | None = None,
     **user_fields: Any,
 ) -> dict[str, Any]:
+    """A signed-webhook event. The customer consents to email and SMS (`consent` given here
+    is merged over that: consent={"sms": False}; consent=None sends no consent at all), so
+    that marketing journeys send under NUDGE_CONSENT_DEFAULT=deny, the default."""
     payload = event(event_id, event_type, user_id=user, occurred_at=iso(at))
+    consent = user_fields.pop("consent", {})
     payload["user"].update(user_fields)
+    if consent is not None:
+        payload["user"]["consent"] = {"email": True, "sms": True, **consent}
     if cart:
         payload["cart"] = {
             "id": cart,

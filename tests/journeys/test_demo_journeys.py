@@ -183,5 +183,7 @@ def test_customer_who_opted_out_of_sms_gets_no_sms_but_the_email():
 
     by_journey = {s.journey.slug: s for s in sends()}
     assert by_journey["signup-no-purchase-sms"].status == Status.SKIPPED
-    assert by_journey["signup-no-purchase-sms"].reason == "opted out of SMS"
+    assert by_journey["signup-no-purchase-sms"].reason.startswith(
+        "no consent: SMS consent revoked (event:evt_1, "
+    )
     assert by_journey["welcome-email"].status == Status.SENT

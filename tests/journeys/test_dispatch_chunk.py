@@ -60,7 +60,9 @@ def test_a_chunk_records_each_sends_own_outcome():
         customer=Customer.objects.get(external_id="paid"), occurred_at=minutes_ago(1),
         payload={"payment": {"id": "p_1"}}, body_sha256="-",
     )  # fmt: skip
-    Customer.objects.filter(external_id="optout").update(consent_email=False)
+    Customer.objects.filter(external_id="optout").update(
+        email_consent="revoked", email_consent_source="admin:ops", email_consent_at=minutes_ago(2)
+    )
     send = ScheduledSend.objects.get(customer__external_id="cancelled")
     services.scheduled_send_cancel(send_id=send.pk, reason="cancelled by an operator")
 
@@ -70,9 +72,10 @@ def test_a_chunk_records_each_sends_own_outcome():
     assert by_customer == {
         "sent": (Status.SENT, ""),
         "paid": (Status.CANCELLED, "cancelled by payment p_1"),
-        "optout": (Status.SKIPPED, "opted out of Email"),
+        "optout": (Status.SKIPPED, by_customer["optout"][1]),
         "cancelled": (Status.CANCELLED, "cancelled by an operator"),
     }
+    assert by_customer["optout"][1].startswith("no consent: email consent revoked (admin:ops, ")
     # the operator's cancellation came first: that row was not this task's to decide
     assert sorted(outcome.values()) == ["cancelled", "sent", "skipped"]
     assert send.pk not in outcome

@@ -200,7 +200,7 @@ def test_emails_in_flight_at_once_open_no_more_connections_than_allowed(smtp, se
 def test_a_chunk_with_no_email_to_send_opens_no_connection(smtp):
     _email_journey()
     _checkout("u_1")
-    Customer.objects.update(consent_email=False)
+    Customer.objects.update(email_consent="revoked")
     claimed = services.scheduled_sends_claim_due(limit=10)
 
     assert list(services.scheduled_sends_dispatch(send_ids=claimed).values()) == ["skipped"]

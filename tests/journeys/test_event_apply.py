@@ -90,9 +90,9 @@ def test_an_opt_out_holds_from_its_answer_on():
     opt_out["user"]["consent"] = {"sms": False}
     store(opt_out)  # not applied: the customer's consent is part of what the answer commits
 
-    assert Customer.objects.get().consent_sms is False
+    assert Customer.objects.get().sms_consent == "revoked"
     assert list(dispatch_due().values()) == ["skipped"]
-    assert sends()[0].reason == "opted out of SMS"
+    assert sends()[0].reason.startswith("no consent: SMS consent revoked (event:e2, ")
 
 
 def test_a_send_two_payments_of_a_batch_exit_is_cancelled_by_the_first():

@@ -16,6 +16,7 @@ from journeys.channels import get_channel
 from journeys.models import ScheduledSend
 from journeys.services.feedback import send_delivery_record
 from marketing.models import Customer, OptOutSource, Suppression
+from marketing.services.suppression import address_digest
 from tests.journeys.conftest import dispatch_due, ingest, make_event, minutes_ago, sends
 from tests.journeys.test_engine import make_journey
 
@@ -133,9 +134,10 @@ def test_a_hard_bounce_suppresses_the_address_for_every_customer_who_holds_it():
     (suppression,) = Suppression.objects.all()
     assert (suppression.channel, suppression.address, suppression.reason) == (
         "email",
-        "ana@example.com",
+        address_digest("email", "ana@example.com"),  # stored hashed, never as written
         Suppression.Reason.BOUNCED,
     )
+    assert suppression.source == "provider:anymail.postmark"
     # the same customer again, and another customer with the same address
     for user, event_id in (("u_1", "co_again"), ("u_2", "co_u_2")):
         ingest(
@@ -222,7 +224,7 @@ def test_an_unsubscribe_at_the_esp_opts_the_customer_out_of_email():
     assert _post(change).status_code == 200
 
     customer = Customer.objects.get(pk=send.customer_id)
-    assert customer.consent_email is False
+    assert customer.email_consent == "revoked"
     assert customer.email_opted_out_via == OptOutSource.ESP_UNSUBSCRIBE
 
 

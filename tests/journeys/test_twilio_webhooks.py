@@ -144,7 +144,7 @@ def test_stop_then_start(twilio):
     assert response["Content-Type"].startswith("text/xml")
     assert b"<Response/>" in response.content
     customer = Customer.objects.get(external_id="u_1")
-    assert customer.consent_sms is False
+    assert customer.sms_consent == "revoked"
     assert customer.sms_opted_out_via == OptOutSource.SMS_REPLY
     assert list(dispatch_due().values()) == [Status.SKIPPED]
     assert sends()[0].reason == "opted out of SMS (SMS reply)"
@@ -153,7 +153,7 @@ def test_stop_then_start(twilio):
     assert _reply("START").status_code == 200
 
     customer.refresh_from_db()
-    assert customer.consent_sms is True
+    assert customer.sms_consent == "granted"
     # a new checkout of the same customer: its send goes out
     ingest(make_event("e_again", "checkout_started", user="u_1", at=minutes_ago(11), cart="c_2"))
     assert list(dispatch_due().values()) == [Status.SENT]
@@ -175,7 +175,7 @@ def test_an_event_with_sms_consent_does_not_undo_a_stop(twilio):
         )
     )
 
-    assert Customer.objects.get(external_id="u_1").consent_sms is False
+    assert Customer.objects.get(external_id="u_1").sms_consent == "revoked"
 
 
 def test_other_replies_are_ignored(twilio):
@@ -184,4 +184,4 @@ def test_other_replies_are_ignored(twilio):
 
     assert _reply("stop please").status_code == 200
 
-    assert Customer.objects.get(external_id="u_1").consent_sms is True
+    assert Customer.objects.get(external_id="u_1").sms_consent == "granted"

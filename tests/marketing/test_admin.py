@@ -88,11 +88,11 @@ def test_marketer_sees_each_marketing_list(marketer_client, model):
 
 
 def test_customer_list_searches_by_email_and_filters_by_consent(marketer_client):
-    CustomerFactory.create(external_id="u_ana", email="ana@example.com", consent_sms=False)
-    CustomerFactory.create(external_id="u_ben", email="ben@example.com", consent_sms=True)
+    CustomerFactory.create(external_id="u_ana", email="ana@example.com", sms_consent="revoked")
+    CustomerFactory.create(external_id="u_ben", email="ben@example.com", sms_consent="granted")
 
     found = marketer_client.get("/admin/marketing/customer/", {"q": "ana@example"})
-    opted_out = marketer_client.get("/admin/marketing/customer/", {"consent_sms__exact": "0"})
+    opted_out = marketer_client.get("/admin/marketing/customer/", {"sms_consent__exact": "revoked"})
 
     assert list(found.context["cl"].result_list) == [Customer.objects.get(external_id="u_ana")]
     assert [c.external_id for c in opted_out.context["cl"].result_list] == ["u_ana"]
@@ -158,13 +158,14 @@ def test_events_are_read_only_in_the_admin_even_for_a_superuser(admin_client):
 
 
 def test_marketer_can_correct_consent_but_not_add_or_delete_customers(marketer_client):
-    customer = CustomerFactory.create(external_id="u_ana", consent_sms=True)
+    customer = CustomerFactory.create(external_id="u_ana", sms_consent="granted")
     form = {
         "email": customer.email,
         "phone": customer.phone,
         "first_name": customer.first_name,
         "timezone": customer.timezone,
-        "consent_email": "on",
+        "email_consent": "granted",
+        "sms_consent": "revoked",
     }
 
     changed = marketer_client.post(f"/admin/marketing/customer/{customer.pk}/change/", form)
@@ -175,7 +176,9 @@ def test_marketer_can_correct_consent_but_not_add_or_delete_customers(marketer_c
 
     assert changed.status_code == 302, changed.content
     customer.refresh_from_db()
-    assert customer.consent_sms is False
+    assert customer.sms_consent == "revoked"
+    assert customer.sms_consent_source == "admin:marketer"
+    assert customer.email_consent_source == "import"  # unchanged: not recorded again
     assert (add.status_code, delete.status_code) == (403, 403)
 
 
@@ -201,8 +204,8 @@ def test_customer_added_in_the_admin_records_the_webhooks_event(
                 "phone": "+14155550101",
                 "first_name": "Ada",
                 "timezone": "UTC",
-                "consent_email": "on",
-                "consent_sms": "on",
+                "email_consent": "granted",
+                "sms_consent": "granted",
             },
         )
 

@@ -52,6 +52,9 @@ def test_customer_saved_through_services_records_user_registered_like_the_webhoo
             phone="+14155550101",
             first_name="Ana",
             timezone_name="Europe/Berlin",
+            consent_email=True,
+            consent_sms=True,
+            consent_source="import",
         )
     host = Event.objects.get(source=Event.Source.HOST)
     post_signed(client, "/api/events/", webhook_event_like_host(user_id="u_hook"))

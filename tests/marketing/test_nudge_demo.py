@@ -102,7 +102,7 @@ def test_a_rerun_leaves_a_marketers_edits_and_reset_restores_the_data_as_shipped
     first = snapshot()
     # what a marketer may do in the admin: correct contact details and consent
     Customer.objects.filter(external_id="demo_u_ben").update(
-        email="ben@shop.example", consent_sms=False
+        email="ben@shop.example", sms_consent="revoked"
     )
     Cart.objects.filter(external_id="demo_c_ben").update(total="99.00")
 
@@ -110,7 +110,7 @@ def test_a_rerun_leaves_a_marketers_edits_and_reset_restores_the_data_as_shipped
 
     assert "Demo data: already there, left as it is (use --reset" in out
     ben = Customer.objects.get(external_id="demo_u_ben")
-    assert (ben.email, ben.consent_sms) == ("ben@shop.example", False)
+    assert (ben.email, ben.sms_consent) == ("ben@shop.example", "revoked")
     assert str(Cart.objects.get(external_id="demo_c_ben").total) == "99.00"
     assert snapshot() == first
 
@@ -118,7 +118,11 @@ def test_a_rerun_leaves_a_marketers_edits_and_reset_restores_the_data_as_shipped
 
     assert "Demo data: restored as shipped: 3 customers, 2 carts, 1 payment" in out
     ben.refresh_from_db()
-    assert (ben.email, ben.consent_sms) == ("ben@example.com", True)
+    assert (ben.email, ben.sms_consent, ben.sms_consent_source) == (
+        "ben@example.com",
+        "granted",
+        "demo",
+    )
     assert str(Cart.objects.get(external_id="demo_c_ben").total) == "45.50"
     assert snapshot() == first  # no new object, no new event
 

@@ -145,6 +145,7 @@ def through_the_orm(data: dict[str, Any]) -> None:
         timezone_name=user.get("timezone"),
         consent_email=consent.get("email"),
         consent_sms=consent.get("sms"),
+        consent_source=f"event:{data['id']}",
     )
     if cart := data.get("cart"):
         services.cart_upsert(
@@ -167,7 +168,9 @@ def through_the_orm(data: dict[str, Any]) -> None:
 
 
 def through_one_statement_per_table(data: dict[str, Any]) -> None:
-    customer_id = profiles.customer_store(user=data["user"], as_of=data["occurred_at"])
+    customer_id = profiles.customer_store(
+        user=data["user"], as_of=data["occurred_at"], event_id=data["id"]
+    )
     if cart := data.get("cart"):
         purchases.cart_store(customer_id=customer_id, cart=cart)
     if payment := data.get("payment"):
@@ -216,11 +219,17 @@ if connection.vendor == "postgresql":  # elsewhere a batch is stored item by ite
     BODIES["a batch, set-based"] = through_a_batch
 
 
+CONSENT_COLUMNS = [col.name for c in profiles.CUSTOMER_CONSENT for col in c.columns]
+
+
 def rows() -> dict[str, list[Any]]:
     return {
         "customers": sorted(
             Customer.objects.values_list(
-                "external_id", *(c.name for c in profiles.CUSTOMER_PROFILE), "profile_as_of"
+                "external_id",
+                *(c.name for c in profiles.CUSTOMER_PROFILE),
+                *CONSENT_COLUMNS,
+                "profile_as_of",
             )
         ),
         "carts": sorted(
@@ -268,10 +277,10 @@ def test_the_defaults_are_the_models():
     assert answers == ["stored"]
     ((external_id, *profile, as_of),) = state["customers"]
     assert (external_id, as_of) == ("u_1", BASE)
-    assert profile == [
-        Customer._meta.get_field(c.name).get_default() for c in profiles.CUSTOMER_PROFILE
-    ]
-    assert profile == ["", "", "", "UTC", True, True]
+    fields = [c.name for c in profiles.CUSTOMER_PROFILE] + CONSENT_COLUMNS
+    assert profile == [Customer._meta.get_field(name).get_default() for name in fields]
+    # nobody said anything about consent: unknown, with no source and no time
+    assert profile == ["", "", "", "UTC", "unknown", "", None, "unknown", "", None]
 
 
 def test_customer_upsert_takes_every_profile_field():
@@ -281,5 +290,6 @@ def test_customer_upsert_takes_every_profile_field():
     fields = {
         "timezone_name" if c.name == "timezone" else c.name for c in profiles.CUSTOMER_PROFILE
     }
+    consent = {c.param for c in profiles.CUSTOMER_CONSENT}
 
-    assert keywords == {"external_id", "as_of", *fields}
+    assert keywords == {"external_id", "as_of", *fields, *consent, "consent_source"}

@@ -76,7 +76,7 @@ def test_a_one_click_post_with_no_cookie_opts_out_and_the_pending_email_is_skipp
 
     assert response.status_code == 200
     customer.refresh_from_db()
-    assert customer.consent_email is False
+    assert customer.email_consent == "revoked"
     assert customer.email_opted_out_at is not None
     assert customer.email_opted_out_via == OptOutSource.UNSUBSCRIBE_LINK
     assert list(dispatch_due().values()) == [Status.SKIPPED]
@@ -100,7 +100,7 @@ def test_the_dispatched_email_carries_both_headers_and_its_link_unsubscribes(bro
     link = message["List-Unsubscribe"].strip("<>")
     assert browserless.post(urlparse(link).path, ONE_CLICK).status_code == 200
     customer.refresh_from_db()
-    assert customer.consent_email is False
+    assert customer.email_consent == "revoked"
 
 
 def test_the_page_confirms_then_offers_to_subscribe_again(browserless):
@@ -111,17 +111,17 @@ def test_the_page_confirms_then_offers_to_subscribe_again(browserless):
     assert page.status_code == 200
     assert b"Unsubscribe" in page.content and b"u_1@example.com" in page.content
     customer.refresh_from_db()
-    assert customer.consent_email is True  # a GET (a link scanner, say) changes nothing
+    assert customer.email_consent == "granted"  # a GET (a link scanner, say) changes nothing
 
     done = browserless.post(path, {"action": "unsubscribe"})
     assert done.status_code == 200 and b"Subscribe again" in done.content
     customer.refresh_from_db()
-    assert customer.consent_email is False
+    assert customer.email_consent == "revoked"
 
     again = browserless.post(path, {"action": "resubscribe"})
     assert again.status_code == 200 and b"subscribed again" in again.content
     customer.refresh_from_db()
-    assert customer.consent_email is True
+    assert customer.email_consent == "granted"
     assert customer.email_opted_out_at is None and customer.email_opted_out_via == ""
     assert list(dispatch_due().values()) == [Status.SENT]
 
@@ -150,7 +150,7 @@ def test_a_forged_or_altered_token_is_refused_and_changes_nothing(browserless, m
         assert b"not valid" in response.content
 
     customer.refresh_from_db()
-    assert customer.consent_email is True and customer.email_opted_out_at is None
+    assert customer.email_consent == "granted" and customer.email_opted_out_at is None
     assert list(dispatch_due().values()) == [Status.SENT]
 
 
@@ -181,14 +181,20 @@ def test_a_later_event_with_email_consent_does_not_undo_the_link(body):
     assert apply([event(2, later, 10)]) == ["stored"]
 
     customer = Customer.objects.get(external_id="u_1")
-    assert customer.consent_email is False
-    assert customer.first_name == "Ana" and customer.consent_sms is False
+    assert customer.email_consent == "revoked"
+    assert customer.first_name == "Ana" and customer.sms_consent == "revoked"
 
     services.customer_resubscribe(customer_id=customer.pk, channel="email")
+    # an event that occurred before the re-subscribe does not undo it (consent is ordered by
+    # time); events after it decide again
     apply([event(3, {"id": "u_1", "consent": {"email": False}}, 20)])
-    assert Customer.objects.get(external_id="u_1").consent_email is False
-    apply([event(4, {"id": "u_1", "consent": {"email": True}}, 30)])
-    assert Customer.objects.get(external_id="u_1").consent_email is True
+    assert Customer.objects.get(external_id="u_1").email_consent == "granted"
+    a_day_later = 24 * 60 + 2  # BASE is a day ago: a minute or two after the re-subscribe
+    apply([event(4, {"id": "u_1", "consent": {"email": False}}, a_day_later)])
+    customer = Customer.objects.get(external_id="u_1")
+    assert (customer.email_consent, customer.email_consent_source) == ("revoked", "event:e_4")
+    apply([event(5, {"id": "u_1", "consent": {"email": True}}, a_day_later + 1)])
+    assert Customer.objects.get(external_id="u_1").email_consent == "granted"
 
 
 def test_unsubscribing_twice_keeps_the_first_time():

@@ -36,7 +36,7 @@ def two_sends() -> list[int]:
     journey = make_journey()
     step = journey.steps.get()
     now = timezone.now()
-    customer = CustomerFactory.create(consent_sms=False)
+    customer = CustomerFactory.create(sms_consent="revoked")
     cart = CartFactory.create(
         customer=customer, total=Decimal("12.50"), items=[{"sku": "A", "qty": 2}]
     )
@@ -98,7 +98,7 @@ def test_rows_load_as_a_queryset_loads_them(two_sends):
                 assert instance._state.adding is False
     # a boolean and a datetime, as the database gave them, converted (SQLite: ints, text)
     send, customer, _ = rows[0]
-    assert customer.consent_sms is False
+    assert customer.sms_consent == "revoked"
     assert send.claimed_at is not None and send.claimed_at.tzinfo is not None
 
 
