@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from journeys.conditions import condition_problems, entry_scope, step_scope
 from journeys.durations import parse_iso_duration
 from journeys.models import Journey
 from journeys.rendering import template_problems
@@ -27,6 +28,7 @@ class StepSpec:
     body: str
     discount_percent: int | None
     discount_valid_for: timedelta | None
+    condition: dict[str, Any] | None = None
 
 
 @dataclass
@@ -43,6 +45,7 @@ class JourneySpec:
     max_lateness: timedelta
     active: bool
     steps: list[StepSpec] = field(default_factory=list)
+    conditions: dict[str, Any] = field(default_factory=dict)
 
 
 def event_type_problem(value: object, known: set[str]) -> str | None:
@@ -105,7 +108,7 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
     errors: list[str] = []
     unknown = set(raw) - {
         "slug", "name", "trigger", "exit_on", "exit_scope", "dedupe", "max_wait", "reentry",
-        "reentry_period", "max_lateness", "active", "steps",
+        "reentry_period", "max_lateness", "active", "steps", "conditions",
     }  # fmt: skip
     if unknown:
         errors.append(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -135,6 +138,8 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
     active = raw.get("active", True)
     if not isinstance(active, bool):
         errors.append("active: must be true or false")
+    conditions = raw.get("conditions") or {}
+    errors.extend(condition_problems(conditions, scope=entry_scope(), known_types=known_types))
     steps_raw = raw.get("steps")
     steps: list[StepSpec] = []
     if not isinstance(steps_raw, list) or not steps_raw:
@@ -143,7 +148,7 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
     elif len(steps_raw) > MAX_STEPS:
         errors.append(f"steps: at most {MAX_STEPS}")
     for position, step_raw in enumerate(steps_raw):
-        step, step_errors = _step_parse(step_raw)
+        step, step_errors = _step_parse(step_raw, position)
         errors.extend(f"steps[{position}].{problem}" for problem in step_errors)
         if step:
             steps.append(step)
@@ -163,16 +168,18 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
             max_lateness=max_lateness if max_lateness is not None else timedelta(hours=2),
             active=bool(active),
             steps=steps,
+            conditions=conditions,
         ),
         [],
     )
 
 
-def _step_parse(raw: Any) -> tuple[StepSpec | None, list[str]]:
+def _step_parse(raw: Any, position: int) -> tuple[StepSpec | None, list[str]]:
+    """One step; its position is its index in the list (what step conditions refer to)."""
     if not isinstance(raw, dict):
         return None, ["must be an object"]
     errors: list[str] = []
-    unknown = set(raw) - {"delay", "channel", "template", "discount"}
+    unknown = set(raw) - {"delay", "channel", "template", "discount", "condition"}
     if unknown:
         errors.append(f"unknown field(s): {', '.join(sorted(unknown))}")
     delay = _duration(raw, "delay", errors, optional=False)
@@ -202,6 +209,10 @@ def _step_parse(raw: Any) -> tuple[StepSpec | None, list[str]]:
     ).items():
         target = name if name == "channel" else f"template.{name}"
         errors.extend(f"{target}: {problem}" for problem in problems)
+    condition = raw.get("condition") or None
+    errors.extend(
+        condition_problems(condition, scope=step_scope(set(range(position))), path="condition")
+    )
     if errors:
         return None, errors
     return StepSpec(
@@ -211,4 +222,5 @@ def _step_parse(raw: Any) -> tuple[StepSpec | None, list[str]]:
         body=body,
         discount_percent=percent,
         discount_valid_for=valid_for,
+        condition=condition,
     ), []

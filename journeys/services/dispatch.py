@@ -49,6 +49,7 @@ from journeys.durations import humanize
 from journeys.models import ScheduledSend
 from journeys.rendering import render, render_subject
 from journeys.services import inflight, providers
+from journeys.services.conditions import step_condition_refusals
 from journeys.services.exits import exit_event_first, exit_reason
 from journeys.sqlnames import sql
 from marketing.models import Cart, Channel, Customer, Event, Suppression
@@ -246,11 +247,18 @@ class _Run:
             _journeys_attach(sends)
             exits = _exit_events_for(sends)
             suppressions = _suppressions_for(sends)
+            conditions = step_condition_refusals(sends)
             now = timezone.now()
             calls: list[_Call] = []
             for send in sends:
                 try:
-                    call = _call_prepare(send, now, exits.get(send.pk), suppressions.get(send.pk))
+                    call = _call_prepare(
+                        send,
+                        now,
+                        exits.get(send.pk),
+                        suppressions.get(send.pk),
+                        condition_refusal=conditions.get(send.pk),
+                    )
                 except Exception as exc:
                     # One bad row must not hold up the others: count it as an attempt
                     logger.exception("dispatch of send %s failed", send.pk)
@@ -536,10 +544,13 @@ def _reason_not_to_send(
     now: datetime,
     exit_event: Event | None,
     suppression: Suppression | None = None,
+    *,
+    condition_refusal: str | None = None,
 ) -> tuple[str, str] | None:
     """(status, reason) when the send must not go out; None when it may. `exit_event` is the
     earliest exit event since the trigger (see _exit_events_for), `suppression` the
-    address's (see _suppressions_for)."""
+    address's (see _suppressions_for), `condition_refusal` the reason its step's condition
+    is false (services.conditions.step_condition_refusals)."""
     journey = send.journey
     if not journey.active:
         return Status.CANCELLED, "cancelled: journey deactivated"
@@ -547,6 +558,8 @@ def _reason_not_to_send(
         return Status.CANCELLED, "cancelled: step removed from the journey"
     if exit_event is not None:
         return Status.CANCELLED, exit_reason(exit_event)
+    if condition_refusal is not None:
+        return Status.SKIPPED, condition_refusal
     customer = send.customer
     if not customer.has_consent(send.channel):
         return Status.SKIPPED, opted_out_reason(customer, send.channel, send.get_channel_display())
@@ -651,11 +664,15 @@ def _call_prepare(
     now: datetime,
     exit_event: Event | None,
     suppression: Suppression | None = None,
+    *,
+    condition_refusal: str | None = None,
 ) -> _Call | None:
     """Decide and render one locked row: None when it must not go out (its outcome fields
     are set), else the call to make (and the row marked as called: attempts,
     call_started_at, provider)."""
-    refusal = _reason_not_to_send(send, now, exit_event, suppression)
+    refusal = _reason_not_to_send(
+        send, now, exit_event, suppression, condition_refusal=condition_refusal
+    )
     if refusal is not None:
         send.status, send.reason = refusal
         return None

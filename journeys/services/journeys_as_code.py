@@ -88,6 +88,7 @@ def journey_save_spec(*, spec: JourneySpec) -> tuple[Journey, bool]:
             "reentry_period": spec.reentry_period,
             "max_lateness": spec.max_lateness,
             "active": spec.active,
+            "conditions": spec.conditions,
         },
     )
     for position, step in enumerate(spec.steps):
@@ -101,6 +102,7 @@ def journey_save_spec(*, spec: JourneySpec) -> tuple[Journey, bool]:
                 "body": step.body,
                 "discount_percent": step.discount_percent,
                 "discount_valid_for": step.discount_valid_for,
+                "condition": step.condition,
             },
         )
     removed = journey.steps.filter(position__gte=len(spec.steps))
