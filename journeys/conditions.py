@@ -523,13 +523,21 @@ class Compiled:
     """A condition compiled once (per journey load): `failure(facts)` is None when it holds,
     else the note of the first part that did not ("cart.total >= 50 false (20.00)")."""
 
-    def __init__(self, raw: Any) -> None:
+    def __init__(self, raw: Any, *, invalid: str = "") -> None:
         self.raw = raw
-        self.always = raw is None or raw == {}
+        self.always = not invalid and (raw is None or raw == {})
+        self.invalid = invalid
         self.history: list[HistoryNeed] = []
         self.fields: set[str] = set()
         self.steps: set[int] = set()
-        self._test = (lambda facts: None) if self.always else self._compile(raw)
+        if invalid:
+            self._test: Callable[[Facts], str | None] = lambda facts: (
+                f"condition invalid: {invalid}"
+            )
+        elif self.always:
+            self._test = lambda facts: None
+        else:
+            self._test = self._compile(raw)
 
     def failure(self, facts: Facts) -> str | None:
         return self._test(facts)
@@ -618,8 +626,12 @@ class Compiled:
         return comparison
 
 
-def condition_compile(raw: Any) -> Compiled:
-    """Compile a condition that condition_problems() accepted."""
+def condition_compile(raw: Any, *, scope: Scope | None = None) -> Compiled:
+    """Compile a condition. With `scope`, it is checked first: one saved past the admin and
+    journeys-as-code (a raw UPDATE, an older version's data) never holds, and its notes say
+    why ("condition invalid: ..."), rather than failing the apply of every event it sees."""
+    if scope is not None and (problems := condition_problems(raw, scope=scope)):
+        return Compiled(raw, invalid="; ".join(problems))
     return Compiled(raw)
 
 

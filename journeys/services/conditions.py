@@ -23,6 +23,8 @@ from journeys.conditions import (
     StepState,
     condition_compile,
     condition_words,
+    entry_scope,
+    step_scope,
 )
 from journeys.models import Journey, JourneyStep, ScheduledSend
 from marketing.models import Cart, Customer, Event
@@ -34,15 +36,18 @@ def journey_entry_condition(journey: Journey) -> Compiled:
     """The journey's compiled entry condition, kept on the instance."""
     compiled = journey.__dict__.get("_entry_condition")
     if compiled is None or compiled.raw is not journey.conditions:
-        compiled = condition_compile(journey.conditions)
+        compiled = condition_compile(journey.conditions, scope=entry_scope())
         journey.__dict__["_entry_condition"] = compiled
     return compiled
 
 
-def step_condition(step: JourneyStep) -> Compiled:
+def step_condition(step: JourneyStep, journey: Journey) -> Compiled:
+    """The step's compiled condition, kept on the instance; `journey` (with its steps
+    prefetched) tells which steps are earlier."""
     compiled = step.__dict__.get("_step_condition")
     if compiled is None or compiled.raw is not step.condition:
-        compiled = condition_compile(step.condition)
+        earlier = {s.position for s in journey.steps.all() if s.position < step.position}
+        compiled = condition_compile(step.condition, scope=step_scope(earlier))
         step.__dict__["_step_condition"] = compiled
     return compiled
 
@@ -215,7 +220,8 @@ def step_condition_refusals(sends: list[ScheduledSend]) -> dict[int, str]:
     conditional = [
         (send, compiled)
         for send in sends
-        if send.step is not None and not (compiled := step_condition(send.step)).always
+        if send.step is not None
+        and not (compiled := step_condition(send.step, send.journey)).always
     ]
     if not conditional:
         return {}
@@ -236,11 +242,13 @@ def step_condition_refusals(sends: list[ScheduledSend]) -> dict[int, str]:
                 states[(enrollment_id, position)] = state
     refusals: dict[int, str] = {}
     for send, compiled in conditional:
-        if compiled.failure(_StepFacts(send=send, states=states)) is not None:
+        if (why := compiled.failure(_StepFacts(send=send, states=states))) is not None:
             assert send.step is not None
-            refusals[send.pk] = f"condition: {step_condition_words(send.step, send.journey)} false"[
-                :500
-            ]
+            if compiled.invalid:
+                refusals[send.pk] = why[:500]
+            else:
+                words = step_condition_words(send.step, send.journey)
+                refusals[send.pk] = f"condition: {words} false"[:500]
     return refusals
 
 

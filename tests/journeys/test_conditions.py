@@ -716,3 +716,20 @@ def test_amounts_compare_as_decimals_not_floats():
     compiled = condition_compile({"field": "cart.total", "op": "=", "value": 0.3})
 
     assert compiled.failure(Facts({"cart.total": str(Decimal("0.1") + Decimal("0.2"))})) is None
+
+
+def test_a_condition_saved_past_validation_enrols_no_one_and_others_still_enrol():
+    """A raw UPDATE (or an older version's data) may store what validation refuses: that
+    journey enrols no one, saying why, and the event still enrols in the other journeys."""
+    broken = make_journey(slug="broken")
+    make_journey(slug="fine")
+    Journey.objects.filter(pk=broken.pk).update(
+        conditions={"field": "cart.totl", "op": ">=", "value": 50}, updated_at=timezone.now()
+    )
+    event = store(checkout("e1", user="u_1", at=minutes_ago(5)))
+
+    (note,) = enrol_notes(Journey.objects.get(pk=broken.pk), [event])
+    assert note.startswith("condition invalid: conditions.field: unknown field 'cart.totl'")
+    assert services.events_apply_pending() == 1
+    assert [s.journey.slug for s in sends()] == ["fine"]
+    assert Event.objects.get(pk=event.pk).apply_error == ""

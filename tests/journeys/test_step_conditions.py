@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from journeys import services
 from journeys.channels import get_channel
-from journeys.models import ScheduledSend
+from journeys.models import JourneyStep, ScheduledSend
 from tests.journeys.conftest import (
     dispatch_due,
     ingest,
@@ -282,3 +282,19 @@ def test_a_take_without_step_conditions_reads_nothing_more():
         assert services.scheduled_sends_dispatch(send_ids=claimed) == {claimed[0]: Status.SENT}
 
     assert not [q for q in queries if '"enrollment_id" IN' in q["sql"]]
+
+
+def test_a_step_condition_saved_past_validation_skips_the_send_and_says_why():
+    _email_then_sms({"step": 0, "was": "opened"})
+    # the SMS step's condition, broken by a raw UPDATE
+    JourneyStep.objects.filter(position=1).update(
+        condition={"step": 5, "was": "opened"}, updated_at=timezone.now()
+    )
+    _emails_sent("u_1")
+    _sms_due_now()
+
+    assert list(dispatch_due().values()) == [Status.SKIPPED]
+    (sms,) = sends(channel="sms")
+    assert sms.reason == (
+        "condition invalid: conditions.step: 5 is not an earlier step of this journey (earlier: 0)"
+    )
