@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from bench.run import fmt, log
+from bench.run import BenchFailure, fmt, log
 
 JOURNEYS = 10
 CONDITIONS = 3
@@ -91,7 +91,7 @@ def _journeys_ensure(*, with_conditions: bool) -> None:
         }
         spec, errors = journey_spec_parse(raw, known_types=known)
         if spec is None:
-            raise RuntimeError(f"bench journey refused: {errors}")
+            raise BenchFailure(f"bench journey refused: {errors}")
         services.journey_save_spec(spec=spec)
 
 
@@ -145,7 +145,7 @@ def _store(events: int, tag: str, trigger: str) -> list[int]:
         for payload in payloads[start : start + STORE_BATCH]:
             data, errors = event_validate(payload)
             if data is None:
-                raise RuntimeError(f"bench event refused: {errors}")
+                raise BenchFailure(f"bench event refused: {errors}")
             items.append((data, payload))
         events_ingest_batch(source=Event.Source.WEBHOOK, items=items)
     mine = Event.objects.filter(event_id__startswith=f"{tag}-", applied_at__isnull=True)
@@ -175,7 +175,7 @@ def _apply_interleaved(ids: dict[bool, list[int]]) -> dict[bool, float]:
             seconds[side] += time.perf_counter() - started
     for side, side_ids in ids.items():
         if applied[side] != len(side_ids):
-            raise RuntimeError(f"applied {applied[side]} of {len(side_ids)} events")
+            raise BenchFailure(f"applied {applied[side]} of {len(side_ids)} events")
     return {side: applied[side] / seconds[side] for side in ids}
 
 
@@ -185,7 +185,7 @@ def _check_enrolled(ids: list[int]) -> None:
 
     enrolled = Enrollment.objects.filter(trigger_event_id__in=ids).count()
     if enrolled != len(ids) * JOURNEYS:
-        raise RuntimeError(f"{enrolled} enrolments for {len(ids)} events x {JOURNEYS} journeys")
+        raise BenchFailure(f"{enrolled} enrolments for {len(ids)} events x {JOURNEYS} journeys")
 
 
 def run(args: Any, tag: str) -> ApplyConditionsFigures:

@@ -1,6 +1,8 @@
 """The benchmark of issues 4 and 5: dispatch, naive baseline, raw claim limit, ingest, cancel,
 flatness and worker memory, in one run against the PostgreSQL that scripts/services.sh
-started. Run it with `make bench` (README, "Performance and tuning").
+started, and the scenarios of other modules (bench.media, bench.provider, bench.scaleout,
+bench.conditions: issue 15's events applied/s with entry conditions). Run it with
+`make bench` (README, "Performance and tuning").
 
 Every compared figure is a ratio of two measurements taken in this same run, and each
 repeated measurement is reported as the median of --repeat runs. The run ends by proving

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -9,7 +10,7 @@ from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef, QuerySet
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.functional import cached_property
@@ -296,9 +297,10 @@ class JourneyAdmin(GuardedActionsAdmin):
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
         journey = self.get_object(request, unquote(object_id))
+        extra_context = {**(extra_context or {}), "conditions_preview_url": self._preview_url()}
         if journey is not None and journey.active and self.has_change_permission(request, journey):
             extra_context = {
-                **(extra_context or {}),
+                **extra_context,
                 "deactivate_url": reverse(
                     f"admin:{self.opts.app_label}_{self.opts.model_name}_deactivate",
                     args=[journey.pk],
@@ -313,7 +315,47 @@ class JourneyAdmin(GuardedActionsAdmin):
             self.admin_site.admin_view(require_POST(self.deactivate_view)),
             name=f"{self.opts.app_label}_{self.opts.model_name}_deactivate",
         )
-        return [deactivate, *super().get_urls()]  # before the catch-all "<object_id>/"
+        preview = path(
+            "conditions/preview/",
+            self.admin_site.admin_view(require_POST(self.conditions_preview_view)),
+            name=f"{self.opts.app_label}_{self.opts.model_name}_conditions_preview",
+        )
+        # before the catch-all "<object_id>/"
+        return [preview, deactivate, *super().get_urls()]
+
+    def conditions_preview_view(self, request: HttpRequest) -> JsonResponse:
+        """The change page's live check of a condition as it is typed: {"words": "...",
+        "problems": [...]}, what saving would say. `kind` is entry or step; a step's
+        `position`, and `steps` ("position:channel" of the page's steps), tell which steps
+        are earlier."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        text = request.POST.get("condition", "").strip()
+        if not text:
+            return JsonResponse({"words": "always", "problems": []})
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            return JsonResponse({"words": "", "problems": [f"not valid JSON: {exc}"]})
+        channels: dict[int, str] = {}
+        if request.POST.get("kind") == "step":
+            for entry in request.POST.getlist("steps"):
+                position, _, channel = entry.partition(":")
+                if position.strip().isdigit():
+                    channels[int(position)] = channel.strip()
+            own = request.POST.get("position", "").strip()
+            if not own.isdigit():
+                return JsonResponse(
+                    {"words": "", "problems": ["position: give the step a position"]}
+                )
+            earlier = {p for p in channels if p < int(own)}
+            problems = condition_problems(raw, scope=step_scope(earlier), path="condition")
+        else:
+            problems = condition_problems(
+                raw, scope=entry_scope(), known_types=selectors.known_event_types()
+            )
+        words = "" if problems else condition_words(raw, step_channels=channels)
+        return JsonResponse({"words": words, "problems": problems})
 
     def deactivate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The change page's Deactivate button (it posts the change form here, and only the
@@ -344,6 +386,15 @@ class JourneyAdmin(GuardedActionsAdmin):
     @staticmethod
     def _deactivate(journeys: QuerySet[Journey]) -> int:
         return services.journeys_deactivate(journey_ids=list(journeys.values_list("pk", flat=True)))
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra_context = {**(extra_context or {}), "conditions_preview_url": self._preview_url()}
+        return super().add_view(request, form_url, extra_context)
+
+    def _preview_url(self) -> str:
+        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_conditions_preview")
 
     def _change_url(self, journey: Journey) -> str:
         return reverse(

@@ -733,3 +733,57 @@ def test_a_condition_saved_past_validation_enrols_no_one_and_others_still_enrol(
     assert services.events_apply_pending() == 1
     assert [s.journey.slug for s in sends()] == ["fine"]
     assert Event.objects.get(pk=event.pk).apply_error == ""
+
+
+PREVIEW = "/admin/journeys/journey/conditions/preview/"
+
+
+def test_the_admin_says_a_condition_in_words_as_it_is_typed(admin_client):
+    entry = admin_client.post(
+        PREVIEW, {"kind": "entry", "condition": json.dumps(SPEC["conditions"])}
+    )
+    assert entry.json() == {
+        "words": "cart total ≥ 50 and no payment_finished in the last 30 days",
+        "problems": [],
+    }
+    wrong = admin_client.post(
+        PREVIEW, {"kind": "entry", "condition": '{"field": "cart.total", "op": "starts with"}'}
+    ).json()
+    assert wrong["words"] == ""
+    assert wrong["problems"][0].startswith("conditions.op: 'starts with' does not apply")
+    step = admin_client.post(
+        PREVIEW,
+        {
+            "kind": "step",
+            "condition": '{"step": 0, "was": "not opened"}',
+            "position": "1",
+            "steps": ["0:Email", "1:SMS"],
+        },
+    ).json()
+    assert step == {"words": "step 0 (Email) not opened", "problems": []}
+    later = admin_client.post(
+        PREVIEW,
+        {"kind": "step", "condition": '{"step": 1, "was": "sent"}', "position": "0",
+         "steps": ["0:Email", "1:SMS"]},
+    ).json()  # fmt: skip
+    assert later["problems"] == [
+        "condition.step: 1 is not an earlier step of this journey (earlier: none)"
+    ]
+    assert admin_client.post(PREVIEW, {"condition": ""}).json() == {
+        "words": "always",
+        "problems": [],
+    }
+    assert (
+        admin_client.post(PREVIEW, {"condition": "{nope"})
+        .json()["problems"][0]
+        .startswith("not valid JSON")
+    )
+    page = admin_client.get("/admin/journeys/journey/add/").content.decode()
+    assert f'data-preview-url="{PREVIEW}"' in page
+
+
+def test_the_preview_is_for_admin_users_only():
+    response = Client().post(PREVIEW, {"condition": "{}"})
+
+    assert response.status_code == 302
+    assert "/login/" in response["Location"]
