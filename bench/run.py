@@ -1,6 +1,8 @@
 """The benchmark of issues 4 and 5: dispatch, naive baseline, raw claim limit, ingest, cancel,
 flatness and worker memory, in one run against the PostgreSQL that scripts/services.sh
-started. Run it with `make bench` (README, "Performance and tuning").
+started, and the scenarios of other modules (bench.media, bench.provider, bench.scaleout,
+bench.conditions: issue 15's events applied/s with entry conditions). Run it with
+`make bench` (README, "Performance and tuning").
 
 Every compared figure is a ratio of two measurements taken in this same run, and each
 repeated measurement is reported as the median of --repeat runs. The run ends by proving
@@ -179,6 +181,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--skip-paths", action="store_true", help="no Twilio/SMTP bursts (provider_paths nan)"
+    )
+    parser.add_argument(
+        "--skip-apply-conditions",
+        action="store_true",
+        help="no apply_conditions scenario (nan)",
+    )
+    parser.add_argument(
+        "--apply-conditions-only",
+        action="store_true",
+        help="run the apply_conditions scenario alone (a minute, not the whole bench)",
+    )
+    parser.add_argument(
+        "--apply-conditions-events",
+        type=int,
+        default=600,
+        help="events applied by each side of the apply_conditions scenario, per round",
     )
     parser.add_argument("--keep", metavar="DIR", help="keep process logs in DIR")
     args = parser.parse_args(argv)
@@ -1027,7 +1045,7 @@ def main(argv: list[str] | None = None) -> None:
     logs = Path(args.keep) if args.keep else work
     logs.mkdir(parents=True, exist_ok=True)
     prepare_environment(args, work)
-    if not args.skip_ingest:
+    if not args.skip_ingest and not args.apply_conditions_only:
         ensure_wrk()
 
     import django
@@ -1035,7 +1053,7 @@ def main(argv: list[str] | None = None) -> None:
     django.setup()
     from django.core.management import call_command
 
-    from bench import media, provider, scaleout
+    from bench import conditions, media, provider, scaleout
     from journeys import services
     from journeys.models import Journey
 
@@ -1058,6 +1076,12 @@ def main(argv: list[str] | None = None) -> None:
             )
         }
         log(f"PostgreSQL {pg}: {settings_shown}")
+        conditions_figures = None
+        if args.apply_conditions_only:
+            log(f"apply_conditions: {args.apply_conditions_events} events, alone")
+            conditions_figures = conditions.run(args, f"{RUN}cond")
+            print(conditions.bench_line(conditions_figures, args.apply_conditions_events))
+            return
 
         first_id = max_send_id() + 1
         load_before = os.getloadavg()
@@ -1094,6 +1118,9 @@ def main(argv: list[str] | None = None) -> None:
                 args.paths_sends, args.provider_latency_ms, f"{RUN}path", work, logs
             )
             paths_figures["latency_ms"] = args.provider_latency_ms
+        if not args.skip_apply_conditions:
+            log(f"apply_conditions: {args.apply_conditions_events} events per side")
+            conditions_figures = conditions.run(args, f"{RUN}cond")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -1230,6 +1257,7 @@ def main(argv: list[str] | None = None) -> None:
     print(provider.bench_line(provider_figures))
     print(scaleout.bench_line(scaleout_figures, args.scaleout_hosts))
     print(provider.paths_line(paths_figures))
+    print(conditions.bench_line(conditions_figures, args.apply_conditions_events))
 
 
 def _triple(figures: dict[str, float], kind: str) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -8,13 +9,22 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.functional import cached_property
 from django.views.decorators.http import require_POST
 
 from journeys import selectors, services
+from journeys.conditions import (
+    condition_problems,
+    condition_step_positions,
+    condition_words,
+    entry_scope,
+    known_fields,
+    step_scope,
+)
 from journeys.models import (
     Enrollment,
     FrequencyCap,
@@ -30,6 +40,28 @@ from marketing import admin as marketing_admin
 from marketing.models import Customer
 from nudge.admin import GuardedActionsAdmin, LargeTableAdmin
 
+ENTRY_CONDITIONS_HELP = (
+    "Who may enter, as JSON; empty: everyone the trigger brings. A comparison "
+    '{"field": "cart.total", "op": ">=", "value": 50}, a history condition '
+    '{"history": {"event": "payment_finished", "within": "P30D", "op": "=", "count": 0}} '
+    '(no payment in the last 30 days), combined with {"all": [...]} or {"any": [...]}. '
+    "Operators: = != < <= > >= in, not in (a list), starts with, contains, is set, is not set. "
+    f"Fields: {known_fields(entry_scope())}. Example: "
+    '{"all": [{"field": "cart.total", "op": ">=", "value": 50}, '
+    '{"field": "customer.timezone", "op": "starts with", "value": "Europe/"}]}'
+)
+STEP_CONDITION_HELP = (
+    "Send only if this holds, as JSON; empty: always. An earlier step of the same enrolment "
+    '{"step": 0, "was": "not opened"} (sent, opened, clicked, not sent, not opened, not '
+    "clicked; by its position), or a comparison on the customer or cart, e.g. "
+    '{"field": "cart.total", "op": ">=", "value": 50}; combine with {"all": [...]} or '
+    '{"any": [...]}.'
+)
+
+
+def _json_textarea() -> forms.Textarea:
+    return forms.Textarea(attrs={"rows": 4, "cols": 90, "style": "font-family: monospace"})
+
 
 class JourneyForm(forms.ModelForm):
     exit_on = forms.CharField(
@@ -37,13 +69,17 @@ class JourneyForm(forms.ModelForm):
         help_text="Event types that cancel pending sends, separated by commas "
         "(e.g. payment_finished).",
     )
+    conditions = forms.JSONField(
+        required=False, label="Entry conditions", help_text=ENTRY_CONDITIONS_HELP
+    )
 
     class Meta:
         model = Journey
         fields = [
             "name", "slug", "active", "trigger", "exit_on", "exit_scope", "max_lateness",
-            "dedupe", "max_wait", "reentry", "reentry_period", "transactional", "priority",
-            "send_window", "send_window_start", "send_window_end", "send_weekdays_only",
+            "dedupe", "max_wait", "reentry", "reentry_period", "conditions", "transactional",
+            "priority", "send_window", "send_window_start", "send_window_end",
+            "send_weekdays_only",
         ]  # fmt: skip
         widgets = {
             "send_window_start": forms.TimeInput(format="%H:%M"),
@@ -52,6 +88,7 @@ class JourneyForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["conditions"].widget = _json_textarea()
         if self.instance.pk and isinstance(self.instance.exit_on, list):
             self.initial["exit_on"] = ", ".join(self.instance.exit_on)
         # left out of a post (a script, an older form): the defaults, not an error
@@ -65,6 +102,15 @@ class JourneyForm(forms.ModelForm):
 
     def clean_send_window(self) -> str:
         return self.cleaned_data.get("send_window") or SendWindowMode.SITE
+
+    def clean_conditions(self) -> dict[str, Any]:
+        value = self.cleaned_data.get("conditions") or {}
+        problems = condition_problems(
+            value, scope=entry_scope(), known_types=self.known_event_types
+        )
+        if problems:
+            raise forms.ValidationError(problems)
+        return value
 
     @cached_property
     def known_event_types(self) -> set[str]:
@@ -100,12 +146,21 @@ class JourneyForm(forms.ModelForm):
 
 
 class JourneyStepForm(forms.ModelForm):
+    condition = forms.JSONField(required=False, help_text=STEP_CONDITION_HELP)
+
     class Meta:
         model = JourneyStep
         fields = [
             "position", "delay", "channel", "subject", "body", "discount_percent",
-            "discount_valid_for",
+            "discount_valid_for", "condition",
         ]  # fmt: skip
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["condition"].widget = _json_textarea()
+
+    def clean_condition(self) -> dict[str, Any] | None:
+        return self.cleaned_data.get("condition") or None
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -126,9 +181,34 @@ class JourneyStepForm(forms.ModelForm):
         return cleaned
 
 
+class JourneyStepFormSet(BaseInlineFormSet):
+    """Step conditions refer to earlier steps by position: checked against the steps kept."""
+
+    def clean(self) -> None:
+        super().clean()
+        kept = [
+            form
+            for form in self.forms
+            if hasattr(form, "cleaned_data")
+            and not form.cleaned_data.get("DELETE")
+            and form.cleaned_data.get("position") is not None
+        ]
+        positions = {form.cleaned_data["position"] for form in kept}
+        for form in kept:
+            condition = form.cleaned_data.get("condition")
+            if not condition:
+                continue
+            own = form.cleaned_data["position"]
+            earlier = {p for p in positions if p < own}
+            problems = condition_problems(condition, scope=step_scope(earlier), path="condition")
+            for problem in problems:
+                form.add_error("condition", problem)
+
+
 class JourneyStepInline(admin.StackedInline):
     model = JourneyStep
     form = JourneyStepForm
+    formset = JourneyStepFormSet
     extra = 0
     min_num = 1
     fields = [
@@ -139,7 +219,22 @@ class JourneyStepInline(admin.StackedInline):
         "body",
         "discount_percent",
         "discount_valid_for",
+        "condition",
+        "condition_in_words",
     ]
+    readonly_fields = ["condition_in_words"]
+
+    @admin.display(description="condition in words")
+    def condition_in_words(self, step: JourneyStep) -> str:
+        if step.pk is None or not step.condition:
+            return "always"
+        positions = condition_step_positions(step.condition)
+        channels = {
+            s.position: s.get_channel_display()
+            for s in step.journey.steps.all()
+            if s.position in positions
+        }
+        return condition_words(step.condition, step_channels=channels)
 
 
 def _with_records(journeys: QuerySet[Journey]) -> QuerySet[Journey]:
@@ -167,15 +262,17 @@ class JourneyAdmin(GuardedActionsAdmin):
     form = JourneyForm
     inlines = [JourneyStepInline]
     list_display = [
-        "name", "slug", "trigger", "exit_list", "dedupe", "reentry", "priority", "transactional",
-        "active",
+        "name", "slug", "trigger", "conditions_in_words", "exit_list", "dedupe", "reentry",
+        "priority", "transactional", "active",
     ]  # fmt: skip
     list_filter = ["active", "trigger", "dedupe", "transactional"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}
+    readonly_fields = ["conditions_in_words"]
     fieldsets = [
         (None, {"fields": ["name", "slug", "active"]}),
         ("When", {"fields": ["trigger", "exit_on", "exit_scope", "max_lateness"]}),
+        ("Who", {"fields": ["conditions", "conditions_in_words"]}),
         ("Repeats", {"fields": ["dedupe", "max_wait", "reentry", "reentry_period"]}),
         (
             "Pacing",
@@ -201,6 +298,10 @@ class JourneyAdmin(GuardedActionsAdmin):
     @admin.display(description="exit on")
     def exit_list(self, journey: Journey) -> str:
         return ", ".join(journey.exit_on)
+
+    @admin.display(description="entry conditions in words")
+    def conditions_in_words(self, journey: Journey) -> str:
+        return condition_words(journey.conditions)
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         removed = [f.instance.pk for f in formset.deleted_forms if f.instance.pk]
@@ -242,9 +343,10 @@ class JourneyAdmin(GuardedActionsAdmin):
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
         journey = self.get_object(request, unquote(object_id))
+        extra_context = {**(extra_context or {}), "conditions_preview_url": self._preview_url()}
         if journey is not None and journey.active and self.has_change_permission(request, journey):
             extra_context = {
-                **(extra_context or {}),
+                **extra_context,
                 "deactivate_url": reverse(
                     f"admin:{self.opts.app_label}_{self.opts.model_name}_deactivate",
                     args=[journey.pk],
@@ -259,7 +361,47 @@ class JourneyAdmin(GuardedActionsAdmin):
             self.admin_site.admin_view(require_POST(self.deactivate_view)),
             name=f"{self.opts.app_label}_{self.opts.model_name}_deactivate",
         )
-        return [deactivate, *super().get_urls()]  # before the catch-all "<object_id>/"
+        preview = path(
+            "conditions/preview/",
+            self.admin_site.admin_view(require_POST(self.conditions_preview_view)),
+            name=f"{self.opts.app_label}_{self.opts.model_name}_conditions_preview",
+        )
+        # before the catch-all "<object_id>/"
+        return [preview, deactivate, *super().get_urls()]
+
+    def conditions_preview_view(self, request: HttpRequest) -> JsonResponse:
+        """The change page's live check of a condition as it is typed: {"words": "...",
+        "problems": [...]}, what saving would say. `kind` is entry or step; a step's
+        `position`, and `steps` ("position:channel" of the page's steps), tell which steps
+        are earlier."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        text = request.POST.get("condition", "").strip()
+        if not text:
+            return JsonResponse({"words": "always", "problems": []})
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            return JsonResponse({"words": "", "problems": [f"not valid JSON: {exc}"]})
+        channels: dict[int, str] = {}
+        if request.POST.get("kind") == "step":
+            for entry in request.POST.getlist("steps"):
+                position, _, channel = entry.partition(":")
+                if position.strip().isdigit():
+                    channels[int(position)] = channel.strip()
+            own = request.POST.get("position", "").strip()
+            if not own.isdigit():
+                return JsonResponse(
+                    {"words": "", "problems": ["position: give the step a position"]}
+                )
+            earlier = {p for p in channels if p < int(own)}
+            problems = condition_problems(raw, scope=step_scope(earlier), path="condition")
+        else:
+            problems = condition_problems(
+                raw, scope=entry_scope(), known_types=selectors.known_event_types()
+            )
+        words = "" if problems else condition_words(raw, step_channels=channels)
+        return JsonResponse({"words": words, "problems": problems})
 
     def deactivate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The change page's Deactivate button (it posts the change form here, and only the
@@ -290,6 +432,15 @@ class JourneyAdmin(GuardedActionsAdmin):
     @staticmethod
     def _deactivate(journeys: QuerySet[Journey]) -> int:
         return services.journeys_deactivate(journey_ids=list(journeys.values_list("pk", flat=True)))
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra_context = {**(extra_context or {}), "conditions_preview_url": self._preview_url()}
+        return super().add_view(request, form_url, extra_context)
+
+    def _preview_url(self) -> str:
+        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_conditions_preview")
 
     def _change_url(self, journey: Journey) -> str:
         return reverse(

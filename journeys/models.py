@@ -95,6 +95,12 @@ class Journey(models.Model):
     send_weekdays_only = models.BooleanField(
         default=False, db_default=False, help_text="With 'own hours': Monday to Friday only."
     )
+    # Entry conditions on the trigger event and its customer (journeys.conditions); {}: always
+    conditions = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Who may enter, as JSON; empty: everyone the trigger brings.",
+    )
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -126,6 +132,12 @@ class JourneyStep(models.Model):
     )
     discount_valid_for = models.DurationField(
         null=True, blank=True, help_text="How long the code is valid after it is sent."
+    )
+    # Checked at dispatch (journeys.conditions): false skips the send ("condition: ...").
+    condition = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Send only if this holds (JSON), e.g. an earlier step not opened; empty: always.",
     )
     # part of the journeys' cache version (selectors.journeys_all): an edited step is seen
     updated_at = models.DateTimeField(auto_now=True)
@@ -267,6 +279,10 @@ class ScheduledSend(models.Model):
     )
     delivery_updated_at = models.DateTimeField(null=True, blank=True)
     delivery_detail = models.CharField(max_length=300, blank=True, db_default="")
+    # The first open and click the ESP's tracking reported (services.feedback): step
+    # conditions read them; the delivery status is left as it is.
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -49,11 +49,20 @@ _ANYMAIL_STATUSES = {
 
 def record_esp_tracking(sender: type, event: Any, esp_name: str, **kwargs: Any) -> None:
     """An ESP's tracking event, already authenticated and parsed by anymail's webhook."""
+    metadata = event.metadata if isinstance(event.metadata, dict) else {}
+    send_id = str(metadata.get("nudge_send_id", ""))
+    if event.event_type in services.ENGAGEMENTS:
+        services.send_engagement_record(
+            provider=f"anymail.{sender.__module__.rpartition('.')[2]}",
+            provider_message_id=str(event.message_id or ""),
+            engagement=event.event_type,
+            occurred_at=event.timestamp or timezone.now(),
+            send_id=int(send_id) if send_id.isdigit() else None,
+        )
+        return
     status = _ANYMAIL_STATUSES.get(event.event_type)
     if status is None:
         return
-    metadata = event.metadata if isinstance(event.metadata, dict) else {}
-    send_id = str(metadata.get("nudge_send_id", ""))
     detail = event.description or event.mta_response or event.reject_reason or ""
     services.send_delivery_record(
         provider=f"anymail.{sender.__module__.rpartition('.')[2]}",

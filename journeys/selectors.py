@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import QuerySet
 
+from journeys.conditions import condition_renumber
 from journeys.durations import format_iso_duration
 from journeys.models import FrequencyCap, Journey, JourneyStep, ScheduledSend, SendWindowMode
 from journeys.sqlnames import sql
@@ -123,9 +124,13 @@ def journey_spec(journey: Journey) -> dict[str, Any]:
         "priority": journey.priority,
         "transactional": journey.transactional,
         "send_window": _send_window_spec(journey),
+        "conditions": journey.conditions or {},
         "steps": [],
     }
-    for step in journey.steps.order_by("position"):
+    steps = list(journey.steps.order_by("position"))
+    # journeys-as-code numbers steps by their index: step conditions follow
+    indexes = {step.position: index for index, step in enumerate(steps)}
+    for step in steps:
         spec["steps"].append(
             {
                 "delay": format_iso_duration(step.delay),
@@ -143,6 +148,7 @@ def journey_spec(journey: Journey) -> dict[str, Any]:
                     if step.discount_percent
                     else None
                 ),
+                "condition": condition_renumber(step.condition, indexes) or None,
             }
         )
     return spec

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import time, timedelta
 from typing import Any
 
+from journeys.conditions import condition_problems, entry_scope, step_scope
 from journeys.durations import parse_iso_duration
 from journeys.models import Journey, SendWindowMode
 from journeys.rendering import template_problems
@@ -28,6 +29,7 @@ class StepSpec:
     body: str
     discount_percent: int | None
     discount_valid_for: timedelta | None
+    condition: dict[str, Any] | None = None
 
 
 @dataclass
@@ -44,6 +46,7 @@ class JourneySpec:
     max_lateness: timedelta
     active: bool
     steps: list[StepSpec] = field(default_factory=list)
+    conditions: dict[str, Any] = field(default_factory=dict)
     # pacing (journeys.services.pacing)
     priority: int = 0
     transactional: bool = False
@@ -122,7 +125,7 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
     unknown = set(raw) - {
         "slug", "name", "trigger", "exit_on", "exit_scope", "dedupe", "max_wait", "reentry",
         "reentry_period", "max_lateness", "active", "steps", "priority", "transactional",
-        "send_window",
+        "send_window", "conditions",
     }  # fmt: skip
     if unknown:
         errors.append(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -160,6 +163,8 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
     if not isinstance(transactional, bool):
         errors.append("transactional: must be true or false")
     window = send_window_parse(raw.get("send_window", SendWindowMode.SITE), errors)
+    conditions = raw.get("conditions") or {}
+    errors.extend(condition_problems(conditions, scope=entry_scope(), known_types=known_types))
     steps_raw = raw.get("steps")
     steps: list[StepSpec] = []
     if not isinstance(steps_raw, list) or not steps_raw:
@@ -168,7 +173,7 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
     elif len(steps_raw) > MAX_STEPS:
         errors.append(f"steps: at most {MAX_STEPS}")
     for position, step_raw in enumerate(steps_raw):
-        step, step_errors = _step_parse(step_raw)
+        step, step_errors = _step_parse(step_raw, position)
         errors.extend(f"steps[{position}].{problem}" for problem in step_errors)
         if step:
             steps.append(step)
@@ -194,16 +199,18 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
             send_window_start=window[1],
             send_window_end=window[2],
             send_weekdays_only=window[3],
+            conditions=conditions,
         ),
         [],
     )
 
 
-def _step_parse(raw: Any) -> tuple[StepSpec | None, list[str]]:
+def _step_parse(raw: Any, position: int) -> tuple[StepSpec | None, list[str]]:
+    """One step; its position is its index in the list (what step conditions refer to)."""
     if not isinstance(raw, dict):
         return None, ["must be an object"]
     errors: list[str] = []
-    unknown = set(raw) - {"delay", "channel", "template", "discount"}
+    unknown = set(raw) - {"delay", "channel", "template", "discount", "condition"}
     if unknown:
         errors.append(f"unknown field(s): {', '.join(sorted(unknown))}")
     delay = _duration(raw, "delay", errors, optional=False)
@@ -233,6 +240,10 @@ def _step_parse(raw: Any) -> tuple[StepSpec | None, list[str]]:
     ).items():
         target = name if name == "channel" else f"template.{name}"
         errors.extend(f"{target}: {problem}" for problem in problems)
+    condition = raw.get("condition") or None
+    errors.extend(
+        condition_problems(condition, scope=step_scope(set(range(position))), path="condition")
+    )
     if errors:
         return None, errors
     return StepSpec(
@@ -242,6 +253,7 @@ def _step_parse(raw: Any) -> tuple[StepSpec | None, list[str]]:
         body=body,
         discount_percent=percent,
         discount_valid_for=valid_for,
+        condition=condition,
     ), []
 
 

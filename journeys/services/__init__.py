@@ -33,7 +33,7 @@ from journeys.services.exits import (
     events_exits_apply,
     scheduled_send_cancel_for_exit,
 )
-from journeys.services.feedback import send_delivery_record
+from journeys.services.feedback import ENGAGEMENTS, send_delivery_record, send_engagement_record
 from journeys.services.journeys_as_code import (
     DEMO_JOURNEYS,
     ImportSummary,
@@ -51,6 +51,7 @@ from journeys.services.operators import (
 
 __all__ = [
     "DEMO_JOURNEYS",
+    "ENGAGEMENTS",
     "EnrolmentPlan",
     "ImportSummary",
     "JourneyImportError",
@@ -77,4 +78,5 @@ __all__ = [
     "scheduled_sends_dispatch_chunks",
     "scheduled_sends_recover",
     "send_delivery_record",
+    "send_engagement_record",
 ]

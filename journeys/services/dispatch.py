@@ -49,6 +49,7 @@ from journeys.durations import humanize
 from journeys.models import ScheduledSend
 from journeys.rendering import render, render_subject
 from journeys.services import inflight, pacing, providers
+from journeys.services.conditions import step_condition_refusals
 from journeys.services.consent import consent_refusal
 from journeys.services.exits import exit_event_first, exit_reason
 from journeys.sqlnames import sql
@@ -247,13 +248,19 @@ class _Run:
             _journeys_attach(sends)
             exits = _exit_events_for(sends)
             suppressions = _suppressions_for(sends)
+            conditions = step_condition_refusals(sends)
             now = timezone.now()
             paced = pacing.DispatchPacing.load(sends, now)
             calls: list[_Call] = []
             for send in paced.order(sends):  # by priority: see services.pacing
                 try:
                     call = _call_prepare(
-                        send, now, exits.get(send.pk), suppressions.get(send.pk), paced
+                        send,
+                        now,
+                        exits.get(send.pk),
+                        suppressions.get(send.pk),
+                        paced,
+                        condition_refusal=conditions.get(send.pk),
                     )
                 except Exception as exc:
                     # One bad row must not hold up the others: count it as an attempt
@@ -543,10 +550,13 @@ def _reason_not_to_send(
     now: datetime,
     exit_event: Event | None,
     suppression: Suppression | None = None,
+    *,
+    condition_refusal: str | None = None,
 ) -> tuple[str, str] | None:
     """(status, reason) when the send must not go out; None when it may. `exit_event` is the
     earliest exit event since the trigger (see _exit_events_for), `suppression` the
-    address's (see _suppressions_for)."""
+    address's (see _suppressions_for), `condition_refusal` the reason its step's condition
+    is false (services.conditions.step_condition_refusals)."""
     journey = send.journey
     if not journey.active:
         return Status.CANCELLED, "cancelled: journey deactivated"
@@ -562,6 +572,8 @@ def _reason_not_to_send(
     )
     if no_consent is not None:
         return Status.SKIPPED, no_consent
+    if condition_refusal is not None:
+        return Status.SKIPPED, condition_refusal
     try:
         recipient = _recipient(send)
     except ValueError as exc:  # never sent, never retried: the number will not become valid
@@ -664,11 +676,15 @@ def _call_prepare(
     exit_event: Event | None,
     suppression: Suppression | None = None,
     paced: pacing.DispatchPacing | None = None,
+    *,
+    condition_refusal: str | None = None,
 ) -> _Call | None:
     """Decide and render one locked row: None when it must not go out (its outcome fields
     are set; a send pacing defers is pending again, due later), else the call to make (and
     the row marked as called: attempts, call_started_at, provider)."""
-    refusal = _reason_not_to_send(send, now, exit_event, suppression)
+    refusal = _reason_not_to_send(
+        send, now, exit_event, suppression, condition_refusal=condition_refusal
+    )
     if refusal is None and paced is not None:
         refusal = paced.send_check(send, now)  # quiet hours, frequency caps, priority
     if refusal is not None:

@@ -22,6 +22,7 @@ from journeys import selectors
 from journeys.durations import humanize
 from journeys.models import Enrollment, Journey, ScheduledSend
 from journeys.services import pacing
+from journeys.services.conditions import EntryConditions
 from journeys.services.exits import (
     describe_event,
     event_cart_id,
@@ -97,6 +98,7 @@ class EnrolmentPlan:
     enrolled: dict[tuple[int, int], list[datetime]]  # (journey, customer) -> triggers
     carts: dict[str, Cart]  # external id -> cart
     exits: dict[int, list[Event]]  # customer id -> candidate exit events, earliest first
+    conditions: EntryConditions = field(default_factory=EntryConditions)
     cancelled: dict[int, str] = field(default_factory=dict)  # stored send id -> reason
     enrollments: list[Enrollment] = field(default_factory=list)
     sends: list[ScheduledSend] = field(default_factory=list)
@@ -147,6 +149,7 @@ class EnrolmentPlan:
             enrolled=enrolled,
             carts=carts,
             exits=exits,
+            conditions=EntryConditions.load(triggers),
         )
 
     def _cancel(self, send: ScheduledSend, reason: str) -> None:
@@ -189,6 +192,9 @@ class EnrolmentPlan:
         steps = sorted(journey.steps.all(), key=lambda step: step.position)
         if not steps:
             return "journey has no steps"
+        # before dedupe and re-entry: an event the conditions refuse is no trigger at all
+        if refusal := self.conditions.refusal(journey, event):
+            return refusal
 
         chain_started_at = occurred
         if journey.dedupe != Journey.Dedupe.EVERY:

@@ -44,6 +44,46 @@ def _send_find(
     return sends.filter(provider=provider, provider_message_id=provider_message_id).first()
 
 
+# anymail's engagement events: when the message was first opened, first clicked
+ENGAGEMENTS = ("opened", "clicked")
+
+
+@transaction.atomic
+def send_engagement_record(
+    *,
+    provider: str,
+    provider_message_id: str,
+    engagement: str,
+    occurred_at: datetime,
+    send_id: int | None = None,
+) -> ScheduledSend | None:
+    """Record that the recipient opened or clicked a message (an ESP's tracking event): the
+    first open or click is kept (an earlier one arriving late replaces a later one), a click
+    is an open too (images blocked, the link followed). The delivery status is not touched: a
+    delivered, bounced or complained send stays so. None when there is no such send."""
+    if engagement not in ENGAGEMENTS:
+        raise ValueError(f"unknown engagement {engagement!r} (known: {', '.join(ENGAGEMENTS)})")
+    send = _send_find(provider=provider, provider_message_id=provider_message_id, send_id=send_id)
+    if send is None:
+        logger.warning(
+            "engagement feedback for an unknown message: %s %s (%s)",
+            provider,
+            provider_message_id,
+            engagement,
+        )
+        return None
+    changed: list[str] = []
+    names = ["opened_at", "clicked_at"] if engagement == "clicked" else ["opened_at"]
+    for name in names:
+        current = getattr(send, name)
+        if current is None or occurred_at < current:
+            setattr(send, name, occurred_at)
+            changed.append(name)
+    if changed:
+        send.save(update_fields=[*changed, "updated_at"])
+    return send
+
+
 @transaction.atomic
 def send_delivery_record(
     *,

@@ -132,6 +132,7 @@ def journey_save_spec(*, spec: JourneySpec) -> tuple[Journey, bool]:
             "send_window_start": spec.send_window_start,
             "send_window_end": spec.send_window_end,
             "send_weekdays_only": spec.send_weekdays_only,
+            "conditions": spec.conditions,
         },
     )
     for position, step in enumerate(spec.steps):
@@ -145,6 +146,7 @@ def journey_save_spec(*, spec: JourneySpec) -> tuple[Journey, bool]:
                 "body": step.body,
                 "discount_percent": step.discount_percent,
                 "discount_valid_for": step.discount_valid_for,
+                "condition": step.condition,
             },
         )
     removed = journey.steps.filter(position__gte=len(spec.steps))

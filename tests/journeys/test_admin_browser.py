@@ -125,3 +125,32 @@ def test_marketer_deactivates_a_journey_with_sends_where_delete_was(
         "signup-no-purchase-sms",
     }
     assert set(welcome.sends.values_list("pk", flat=True)) == send_ids
+
+
+def test_marketer_sees_a_condition_in_words_while_typing_it(demo_site, browser_page, tmp_path):
+    page = browser_page
+    log_in(page, demo_site)
+    page.goto(f"{demo_site}/admin/journeys/journey/add/")
+
+    page.fill(
+        "#id_conditions",
+        '{"all": [{"field": "cart.total", "op": ">=", "value": 50}, '
+        '{"history": {"event": "payment_finished", "within": "P30D", "op": "=", "count": 0}}]}',
+    )
+    page.wait_for_selector("#id_conditions_preview:has-text('In words')")
+    assert page.inner_text("#id_conditions_preview") == (
+        "In words: cart total ≥ 50 and no payment_finished in the last 30 days"
+    )
+
+    page.fill("#id_conditions", '{"field": "cart.totl", "op": ">=", "value": 50}')
+    page.wait_for_selector("#id_conditions_preview .errorlist")
+    assert "unknown field 'cart.totl'" in page.inner_text("#id_conditions_preview")
+
+    page.fill("#id_steps-0-position", "1")
+    page.select_option("#id_steps-0-channel", "sms")
+    page.fill("#id_steps-0-condition", '{"step": 0, "was": "not opened"}')
+    page.wait_for_selector("#id_steps-0-condition_preview .errorlist")
+    assert "0 is not an earlier step of this journey (earlier: none)" in page.inner_text(
+        "#id_steps-0-condition_preview"
+    )
+    page.screenshot(path=f"{os.environ.get('NUDGE_SCREENSHOTS', tmp_path)}/conditions-preview.png")
