@@ -8,10 +8,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 
+from journeys.codes import code_normalise
 from journeys.durations import format_iso_duration
-from journeys.models import Journey, JourneyStep, ScheduledSend
+from journeys.models import DiscountCodePool, Journey, JourneyStep, ScheduledSend
 from journeys.sqlnames import sql
 from marketing import selectors as marketing_selectors
 from marketing.models import EventType
@@ -122,27 +123,69 @@ def journey_spec(journey: Journey) -> dict[str, Any]:
         "active": journey.active,
         "steps": [],
     }
-    for step in journey.steps.order_by("position"):
+    for step in journey.steps.select_related("discount_pool").order_by("position"):
         spec["steps"].append(
             {
                 "delay": format_iso_duration(step.delay),
                 "channel": step.channel,
                 "template": {"subject": step.subject or None, "body": step.body},
-                "discount": (
-                    {
-                        "percent_off": step.discount_percent,
-                        "valid_for": (
-                            format_iso_duration(step.discount_valid_for)
-                            if step.discount_valid_for
-                            else None
-                        ),
-                    }
-                    if step.discount_percent
-                    else None
-                ),
+                "discount": _discount_spec(step),
             }
         )
     return spec
+
+
+def _discount_spec(step: JourneyStep) -> dict[str, Any] | None:
+    """A step's discount rule in the journeys-as-code format (only the keys it uses, but
+    percent_off and valid_for always, as before amounts and pools existed)."""
+    if step.discount_percent is None and step.discount_amount is None:
+        return None
+    spec: dict[str, Any] = {}
+    if step.discount_amount is not None:
+        spec["amount_off"] = f"{step.discount_amount:.2f}"
+        spec["currency"] = step.discount_currency
+    else:
+        spec["percent_off"] = step.discount_percent
+    spec["valid_for"] = (
+        format_iso_duration(step.discount_valid_for) if step.discount_valid_for else None
+    )
+    if step.discount_prefix:
+        spec["prefix"] = step.discount_prefix
+    if step.discount_pool is not None:
+        spec["pool"] = step.discount_pool.name
+    return spec
+
+
+def discount_pool_names() -> set[str]:
+    return set(DiscountCodePool.objects.values_list("name", flat=True))
+
+
+def discount_pools_with_stock() -> QuerySet[DiscountCodePool]:
+    """The pools, each with `remaining` (codes not handed out yet) and `taken`: one
+    aggregate over the pools' codes."""
+    return DiscountCodePool.objects.annotate(
+        remaining=Count("codes", filter=Q(codes__send=None)),
+        taken=Count("codes", filter=Q(codes__send__isnull=False)),
+    )
+
+
+def discount_pools_low() -> list[DiscountCodePool]:
+    """Pools with fewer codes left than their low-stock threshold (used by steps or not)."""
+    return [
+        pool
+        for pool in discount_pools_with_stock().order_by("name")
+        if pool.remaining < pool.low_stock_threshold  # type: ignore[attr-defined]
+    ]
+
+
+def discount_code_send(code: str) -> ScheduledSend | None:
+    """The send that holds `code` (compared upper-case), with its journey and the payment
+    that redeemed it; None when no send does."""
+    return (
+        ScheduledSend.objects.filter(discount_code=code_normalise(code))
+        .select_related("journey", "discount_payment")
+        .first()
+    )
 
 
 def journeys_export() -> dict[str, Any]:

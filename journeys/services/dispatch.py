@@ -45,10 +45,11 @@ from journeys.channels import (
     provider_name,
 )
 from journeys.channels.sms import phone_normalise, sms_segments
+from journeys.codes import value_text
 from journeys.durations import humanize
 from journeys.models import ScheduledSend
 from journeys.rendering import render, render_subject
-from journeys.services import inflight, providers
+from journeys.services import codes, inflight, providers
 from journeys.services.exits import exit_event_first, exit_reason
 from journeys.sqlnames import sql
 from marketing.models import Cart, Channel, Customer, Event, Suppression
@@ -246,11 +247,19 @@ class _Run:
             _journeys_attach(sends)
             exits = _exit_events_for(sends)
             suppressions = _suppressions_for(sends)
+            # pool codes for the sends that need one, given back below if they do not go out
+            pooled = codes.pool_codes_take(sends=sends)
             now = timezone.now()
             calls: list[_Call] = []
             for send in sends:
                 try:
-                    call = _call_prepare(send, now, exits.get(send.pk), suppressions.get(send.pk))
+                    call = _call_prepare(
+                        send,
+                        now,
+                        exits.get(send.pk),
+                        suppressions.get(send.pk),
+                        no_code=pooled.missing.get(send.pk, ""),
+                    )
                 except Exception as exc:
                     # One bad row must not hold up the others: count it as an attempt
                     logger.exception("dispatch of send %s failed", send.pk)
@@ -263,6 +272,7 @@ class _Run:
                 else:
                     self.statuses[send.pk] = send.status
                 send.updated_at = now
+            codes.pool_codes_give_back(sends=sends, take=pooled)
             _outcomes_save(sends)
         if lock_customers:
             # the customers of sends that were refused, or were no longer in flight
@@ -580,9 +590,18 @@ def _message_context(send: ScheduledSend, now: datetime) -> dict[str, Any]:
         expires_at = send.discount_expires_at
         if expires_at is None and step is not None and step.discount_valid_for:
             expires_at = now + step.discount_valid_for
+        amount = send.discount_amount
         discount = {
             "code": send.discount_code,
-            "percent_off": send.discount_percent,
+            # the value, as words ("10%", "10.00 EUR") and as parts
+            "value": value_text(
+                percent=send.discount_percent, amount=amount, currency=send.discount_currency
+            ),
+            "kind": "amount" if amount is not None else "percent",
+            "percent": send.discount_percent,
+            "percent_off": send.discount_percent,  # the first name of `percent`, kept
+            "amount": f"{amount:.2f}" if amount is not None else None,
+            "currency": send.discount_currency,
             "expires_at": expires_at,
         }
     return {
@@ -651,11 +670,16 @@ def _call_prepare(
     now: datetime,
     exit_event: Event | None,
     suppression: Suppression | None = None,
+    *,
+    no_code: str = "",
 ) -> _Call | None:
     """Decide and render one locked row: None when it must not go out (its outcome fields
     are set), else the call to make (and the row marked as called: attempts,
-    call_started_at, provider)."""
+    call_started_at, provider). `no_code`: why the send has no discount code when its step
+    takes them from a pool (services.codes)."""
     refusal = _reason_not_to_send(send, now, exit_event, suppression)
+    if refusal is None and no_code:
+        refusal = Status.SKIPPED, no_code
     if refusal is not None:
         send.status, send.reason = refusal
         return None

@@ -25,6 +25,15 @@ MARKETER_PERMISSIONS: dict[str, list[str]] = {
         "view_enrollment",
         "view_scheduledsend",
         "change_scheduledsend",
+        # discount codes: pools are created and filled (CSV upload) by marketers; handed-out
+        # codes and redemptions are records, only read
+        "add_discountcodepool",
+        "change_discountcodepool",
+        "view_discountcodepool",
+        "view_pooledcode",
+        "delete_pooledcode",
+        "view_coderedemption",
+        "check_discount_code",
     ],
     "media_tasks": [
         "add_uploadedimage",
