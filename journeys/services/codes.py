@@ -112,11 +112,9 @@ RETURNING s.id, s.discount_code
 # free again, and off the send.
 _POOL_GIVE_BACK_SQL = sql("""
 WITH back AS (
-    UPDATE {pooled_code} SET send_id = NULL, taken_at = NULL
-     WHERE send_id = ANY(%s::bigint[])
-    RETURNING send_id
+    UPDATE {send} SET discount_code = NULL WHERE id = ANY(%s::bigint[]) RETURNING id
 )
-UPDATE {send} s SET discount_code = NULL FROM back WHERE s.id = back.send_id
+UPDATE {pooled_code} c SET send_id = NULL, taken_at = NULL FROM back WHERE c.send_id = back.id
 """)
 
 
