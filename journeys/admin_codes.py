@@ -189,6 +189,12 @@ class PooledCodeAdmin(LargeTableAdmin):
             return False
         return super().has_delete_permission(request, obj)
 
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        """No bulk delete: it would not tell free codes from handed-out ones."""
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
 
 @admin.register(CodeRedemption)
 class CodeRedemptionAdmin(LargeTableAdmin):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
 from journeys.models import ScheduledSend
@@ -48,20 +49,27 @@ class ScheduledSendFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=ScheduledSend.Status.choices, required=False)
 
 
-class DiscountValueSerializer(serializers.Serializer):
-    """A code's value: {"kind": "percent", "percent": 10} or {"kind": "amount", "amount":
-    "10.00", "currency": "EUR"}."""
+class DiscountPercentSerializer(serializers.Serializer):
+    kind = serializers.CharField(read_only=True, help_text='"percent"')
+    percent = serializers.IntegerField(read_only=True, min_value=1, max_value=100)
 
-    kind = serializers.ChoiceField(choices=["percent", "amount"], read_only=True)
-    percent = serializers.IntegerField(
-        read_only=True, required=False, min_value=1, max_value=100, help_text="With percent."
+
+class DiscountAmountSerializer(serializers.Serializer):
+    kind = serializers.CharField(read_only=True, help_text='"amount"')
+    amount = serializers.CharField(read_only=True, help_text='A decimal string ("10.00").')
+    currency = serializers.CharField(read_only=True, help_text="ISO 4217 (EUR).")
+
+
+@extend_schema_field(
+    PolymorphicProxySerializer(
+        component_name="DiscountValue",
+        serializers={"percent": DiscountPercentSerializer, "amount": DiscountAmountSerializer},
+        resource_type_field_name="kind",
     )
-    amount = serializers.CharField(
-        read_only=True, required=False, help_text='With amount: a decimal string ("10.00").'
-    )
-    currency = serializers.CharField(
-        read_only=True, required=False, help_text="With amount: ISO 4217 (EUR)."
-    )
+)
+class DiscountValueField(serializers.DictField):
+    """A code's value: {"kind": "percent", "percent": 10} or {"kind": "amount", "amount":
+    "10.00", "currency": "EUR"} (journeys.codes.value_of)."""
 
 
 class DiscountCodeSerializer(serializers.Serializer):
@@ -75,7 +83,7 @@ class DiscountCodeSerializer(serializers.Serializer):
     reason = serializers.CharField(
         read_only=True, help_text="Why it is not valid, in words; empty when it is."
     )
-    value = DiscountValueSerializer(read_only=True)
+    value = DiscountValueField(read_only=True)
     value_text = serializers.CharField(read_only=True, help_text='"10%" or "10.00 EUR".')
     expires_at = serializers.DateTimeField(
         read_only=True, allow_null=True, help_text="Null: it does not expire (or not sent yet)."

@@ -590,17 +590,15 @@ def _message_context(send: ScheduledSend, now: datetime) -> dict[str, Any]:
         expires_at = send.discount_expires_at
         if expires_at is None and step is not None and step.discount_valid_for:
             expires_at = now + step.discount_valid_for
-        amount = send.discount_amount
+        amount, percent = send.discount_amount, send.discount_percent
         discount = {
             "code": send.discount_code,
-            # the value, as words ("10%", "10.00 EUR") and as parts
-            "value": value_text(
-                percent=send.discount_percent, amount=amount, currency=send.discount_currency
-            ),
+            # the value, as words ("10%", "10.00 EUR") and as parts (empty when not its kind)
+            "value": value_text(percent=percent, amount=amount, currency=send.discount_currency),
             "kind": "amount" if amount is not None else "percent",
-            "percent": send.discount_percent,
-            "percent_off": send.discount_percent,  # the first name of `percent`, kept
-            "amount": f"{amount:.2f}" if amount is not None else None,
+            "percent": percent if percent is not None else "",
+            "percent_off": percent if percent is not None else "",  # `percent`'s first name
+            "amount": f"{amount:.2f}" if amount is not None else "",
             "currency": send.discount_currency,
             "expires_at": expires_at,
         }

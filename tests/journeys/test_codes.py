@@ -264,7 +264,7 @@ def test_a_fixed_amount_code_with_a_prefix_is_made_at_enrolment_and_rendered():
     assert timedelta(0) <= send.sent_at + timedelta(days=7) - send.discount_expires_at
     assert send.sent_at + timedelta(days=7) - send.discount_expires_at < timedelta(seconds=30)
     assert mail.outbox[0].body.startswith(
-        f"{send.discount_code}: 10.00 EUR off (amount, percent=None, percent_off=None, "
+        f"{send.discount_code}: 10.00 EUR off (amount, percent=, percent_off=, "
         f"amount=10.00 EUR), until {expires}"
     )
 
@@ -275,7 +275,7 @@ def test_a_percent_code_renders_as_before():
     dispatch_due()
     (send,) = ScheduledSend.objects.all()
     assert mail.outbox[0].body.startswith(
-        f"{send.discount_code}: 10% off (percent, percent=10, percent_off=10, amount=None ), "
+        f"{send.discount_code}: 10% off (percent, percent=10, percent_off=10, amount= ), "
     )
 
 
@@ -799,3 +799,30 @@ def test_code_api_percent_value_and_auth():
     bad.credentials(HTTP_AUTHORIZATION="Token nope")
     assert bad.get(f"/api/codes/{code}/").status_code == 401
     assert api("view_scheduledsend").get(f"/api/codes/{code}/").status_code == 403
+
+
+def test_the_database_check_warns_of_low_pools():
+    from journeys.checks import discount_pool_stock_check
+
+    pool("winter", ["W-1"], threshold=3)
+    pool("summer", ["S-1"], threshold=1)
+    (warning,) = discount_pool_stock_check(databases=["default"])
+    assert warning.id == "nudge.W130"
+    assert warning.msg == (
+        "discount code pool 'winter' has 1 code(s) left, below its low-stock threshold of 3"
+    )
+    assert discount_pool_stock_check(databases=None) == []
+
+
+def test_marketers_manage_pools_and_check_codes_but_do_not_edit_records():
+    from django.contrib.auth.models import Group
+
+    granted = set(Group.objects.get(name="Marketer").permissions.values_list("codename", flat=True))
+    assert {
+        "add_discountcodepool",
+        "change_discountcodepool",
+        "view_pooledcode",
+        "view_coderedemption",
+        "check_discount_code",
+    } <= granted
+    assert not {"change_coderedemption", "delete_coderedemption", "change_pooledcode"} & granted
