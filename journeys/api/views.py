@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.http import Http404
@@ -109,6 +110,11 @@ class ScheduledSendCancelView(AuthenticatedAPIView):
         return Response(ScheduledSendSerializer(send).data)
 
 
+# what a code may look like (generated: capitals, digits, '-'; uploaded: '_' too), any case
+CODE_PATTERN = r"^[A-Za-z0-9_-]+$"
+_CODE_LIKE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 class DiscountCodeView(AuthenticatedAPIView):
     """The shop's checkout asks whether a code may be used (redemption itself is recorded
     from the payment_finished event that carries it)."""
@@ -117,6 +123,15 @@ class DiscountCodeView(AuthenticatedAPIView):
 
     @extend_schema(
         operation_id="codes_retrieve",
+        parameters=[
+            OpenApiParameter(
+                "code",
+                {"type": "string", "minLength": 1, "maxLength": 64, "pattern": CODE_PATTERN},
+                OpenApiParameter.PATH,
+                required=True,
+                description="The code, in any case (codes are compared upper-case).",
+            )
+        ],
         responses={200: DiscountCodeSerializer, **error_responses(404, *AUTHENTICATED_ERRORS)},
         summary="A discount code's state (valid, expired, redeemed, void), value and expiry; "
         "looked up case-insensitively.",
@@ -152,6 +167,6 @@ class DiscountCodeView(AuthenticatedAPIView):
 
 
 def _code_like(code: str) -> bool:
-    """Worth looking up: a code fits the column and is printable (a NUL byte would be an
-    error of the database, not a 404)."""
-    return 0 < len(code.strip()) <= 64 and code.isprintable()
+    """Worth looking up: anything else is no code (and a NUL byte would be an error of the
+    database, not a 404)."""
+    return _CODE_LIKE.fullmatch(code.strip()) is not None
