@@ -17,6 +17,7 @@ from django.utils.functional import cached_property
 from django.views.decorators.http import require_POST
 
 from journeys import selectors, services
+from journeys.codes import DiscountRule, discount_rule_problems
 from journeys.conditions import (
     condition_problems,
     condition_step_positions,
@@ -152,7 +153,8 @@ class JourneyStepForm(forms.ModelForm):
         model = JourneyStep
         fields = [
             "position", "delay", "channel", "subject", "body", "discount_percent",
-            "discount_valid_for", "condition",
+            "discount_amount", "discount_currency", "discount_valid_for", "discount_prefix",
+            "discount_pool", "condition",
         ]  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -161,6 +163,12 @@ class JourneyStepForm(forms.ModelForm):
 
     def clean_condition(self) -> dict[str, Any] | None:
         return self.cleaned_data.get("condition") or None
+
+    def clean_discount_currency(self) -> str:
+        return str(self.cleaned_data.get("discount_currency") or "").strip().upper()
+
+    def clean_discount_prefix(self) -> str:
+        return str(self.cleaned_data.get("discount_prefix") or "").strip().upper()
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -171,13 +179,23 @@ class JourneyStepForm(forms.ModelForm):
             subject=cleaned.get("subject") or "",
             body=cleaned.get("body") or "",
             discount_percent=cleaned.get("discount_percent"),
+            discount_amount=cleaned.get("discount_amount"),
         )
         for name, found in problems.items():
             for problem in found:
                 self.add_error(name, problem)
-        percent = cleaned.get("discount_percent")
-        if percent is not None and not 1 <= percent <= 100:
-            self.add_error("discount_percent", "A whole number from 1 to 100.")
+        pool = cleaned.get("discount_pool")
+        rule = DiscountRule(
+            percent=cleaned.get("discount_percent"),
+            amount=cleaned.get("discount_amount"),
+            currency=cleaned.get("discount_currency") or "",
+            prefix=cleaned.get("discount_prefix") or "",
+            pool=pool.name if pool is not None else None,
+            has_valid_for=cleaned.get("discount_valid_for") is not None,
+        )
+        for name, found in discount_rule_problems(rule).items():
+            for problem in found:
+                self.add_error(f"discount_{name}", f"{problem[0].upper()}{problem[1:]}.")
         return cleaned
 
 
@@ -217,8 +235,8 @@ class JourneyStepInline(admin.StackedInline):
         "channel",
         "subject",
         "body",
-        "discount_percent",
-        "discount_valid_for",
+        ("discount_percent", "discount_amount", "discount_currency"),
+        ("discount_valid_for", "discount_prefix", "discount_pool"),
         "condition",
         "condition_in_words",
     ]
@@ -597,3 +615,7 @@ class ErasableCustomerAdmin(marketing_admin.CustomerAdmin):
 
 admin.site.unregister(Customer)
 admin.site.register(Customer, ErasableCustomerAdmin)
+
+
+# the discount code pools, their codes and the redemptions (journeys.admin_codes)
+from journeys import admin_codes  # noqa: E402, F401

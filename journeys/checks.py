@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import DatabaseError
 
 _SMS_URL_HINT = (
     "For example console: (development), "
@@ -65,3 +66,29 @@ def send_window_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
             )
         ]
     return []
+
+
+@register(Tags.database)
+def discount_pool_stock_check(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """`manage.py check --database default` (and migrate) warns of each discount code pool
+    below its low-stock threshold: its steps' sends are skipped once it is empty. The admin's
+    pool list says the same."""
+    if not databases:
+        return []
+    from journeys.selectors import discount_pools_low
+
+    try:
+        low = discount_pools_low()
+    except DatabaseError:  # not migrated yet
+        return []
+    return [
+        Warning(
+            f"discount code pool {pool.name!r} has {pool.remaining} code(s) left, below its "  # type: ignore[attr-defined]
+            f"low-stock threshold of {pool.low_stock_threshold}",
+            hint="Upload more codes on the pool's admin page.",
+            id="nudge.W130",
+        )
+        for pool in low
+    ]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils.timezone import now
@@ -113,6 +114,30 @@ class Journey(models.Model):
         return self.name
 
 
+class DiscountCodePool(models.Model):
+    """Codes the shop made itself (its own checkout's codes), uploaded in the admin: a step
+    with a pool hands each send one of them at dispatch instead of a generated code."""
+
+    name = models.SlugField(
+        max_length=64, db_index=False, help_text="Named in journeys-as-code (discount.pool)."
+    )  # unique: Meta
+    description = models.CharField(max_length=300, blank=True)
+    low_stock_threshold = models.PositiveIntegerField(
+        default=100,
+        help_text="Warn in the admin when fewer codes than this are left to hand out.",
+    )
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "discount code pool"
+        # a constraint, not unique=True: see marketing.models on the LIKE index
+        constraints = [models.UniqueConstraint(fields=["name"], name="discount_pool_name_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class JourneyStep(models.Model):
     # indexed by step_unique_position, which leads with it
     journey = models.ForeignKey(
@@ -127,8 +152,21 @@ class JourneyStep(models.Model):
     body = models.TextField(
         help_text="Django template; context: customer, cart, discount, journey."
     )
+    # The discount rule (journeys.codes): this many % off, or a fixed amount in a currency
+    # (one of the two); the code comes from `discount_pool`, or is generated with the prefix.
     discount_percent = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="A unique discount code per send, this many % off."
+    )
+    discount_amount = models.DecimalField(
+        max_digits=10,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Or: a unique discount code per send worth this fixed amount off.",
+    )
+    discount_currency = models.CharField(
+        max_length=3, blank=True, help_text="With a fixed amount: its ISO 4217 currency (EUR)."
     )
     discount_valid_for = models.DurationField(
         null=True, blank=True, help_text="How long the code is valid after it is sent."
@@ -138,6 +176,19 @@ class JourneyStep(models.Model):
         null=True,
         blank=True,
         help_text="Send only if this holds (JSON), e.g. an earlier step not opened; empty: always.",
+    )
+    discount_prefix = models.CharField(
+        max_length=22,
+        blank=True,
+        help_text="Generated codes start with this (letters, digits and '-', e.g. WINBACK-).",
+    )
+    discount_pool = models.ForeignKey(
+        DiscountCodePool,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="steps",
+        help_text="Hand out the pool's uploaded codes instead of generating them.",
     )
     # part of the journeys' cache version (selectors.journeys_all): an edited step is seen
     updated_at = models.DateTimeField(auto_now=True)
@@ -240,7 +291,20 @@ class ScheduledSend(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     # NULL, not "": most sends have no code, and the unique constraint (Meta) allows many NULLs
     discount_code = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
+    # the code's value, copied from the step at enrolment: a later edit of the step does not
+    # change what an issued code is worth
     discount_percent = models.PositiveSmallIntegerField(null=True, blank=True)
+    discount_amount = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    discount_currency = models.CharField(max_length=3, blank=True, db_default="")
+    # the pool the code is taken from at dispatch (the code is NULL until then)
+    discount_pool = models.ForeignKey(
+        DiscountCodePool,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,  # few sends have one; the pool's codes point at their sends instead
+    )
     discount_expires_at = models.DateTimeField(null=True, blank=True)
     # The code's redemption: the first payment_finished that carried it (later ones are
     # flagged, not counted again).
@@ -391,6 +455,67 @@ def cap_label(channel: str, max_sends: int, period: timedelta) -> str:
     else:
         span = f"{seconds} s"
     return f"{max_sends} {noun} per {span}"
+
+
+class PooledCode(models.Model):
+    """One uploaded code of a pool; `send` is set when dispatch hands it to a send (under
+    the send's row lock), and never again: a code goes to one send only."""
+
+    pool = models.ForeignKey(DiscountCodePool, on_delete=models.CASCADE, related_name="codes")
+    # the width of ScheduledSend.discount_code, where the send keeps it
+    code = models.CharField(max_length=32)  # unique: Meta
+    send = models.OneToOneField(
+        "ScheduledSend",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="pooled_code",
+    )
+    taken_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        ordering = ["pool", "id"]
+        constraints = [models.UniqueConstraint(fields=["code"], name="pooled_code_unique")]
+        indexes = [
+            # dispatch takes a pool's free codes in id order
+            models.Index(fields=["pool", "id"], condition=Q(send=None), name="pooled_code_free"),
+        ]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class CodeRedemption(models.Model):
+    """One payment that carried a discount code, and what it meant (journeys.services.codes):
+    the first redemption of a sent code, a second one (flagged, not counted), or a code that
+    was expired, void (its send never went out) or unknown."""
+
+    class Outcome(models.TextChoices):
+        REDEEMED = "redeemed", "redeemed"
+        DUPLICATE = "duplicate", "duplicate: redeemed before by another payment"
+        EXPIRED = "expired", "expired"
+        VOID = "void", "void: its send was not sent"
+        UNKNOWN = "unknown", "unknown code"
+
+    # a payment is recorded once (the first time its id is seen), and so is its redemption
+    payment = models.OneToOneField(Payment, on_delete=models.CASCADE, related_name="redemption")
+    code = models.CharField(max_length=64)
+    send = models.ForeignKey(
+        ScheduledSend, on_delete=models.PROTECT, null=True, blank=True, related_name="redemptions"
+    )
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    detail = models.CharField(max_length=300, blank=True)
+    # when the payment happened (its event's occurred_at): what expiry is judged against
+    at = models.DateTimeField()
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        ordering = ["-at"]
+        permissions = [("check_discount_code", "Can check discount codes (GET /api/codes/)")]
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.outcome}"
 
 
 class ProviderState(models.Model):

@@ -8,11 +8,19 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 
+from journeys.codes import code_normalise
 from journeys.conditions import condition_renumber
 from journeys.durations import format_iso_duration
-from journeys.models import FrequencyCap, Journey, JourneyStep, ScheduledSend, SendWindowMode
+from journeys.models import (
+    DiscountCodePool,
+    FrequencyCap,
+    Journey,
+    JourneyStep,
+    ScheduledSend,
+    SendWindowMode,
+)
 from journeys.sqlnames import sql
 from marketing import selectors as marketing_selectors
 from marketing.models import EventType
@@ -127,7 +135,7 @@ def journey_spec(journey: Journey) -> dict[str, Any]:
         "conditions": journey.conditions or {},
         "steps": [],
     }
-    steps = list(journey.steps.order_by("position"))
+    steps = list(journey.steps.select_related("discount_pool").order_by("position"))
     # journeys-as-code numbers steps by their index: step conditions follow
     indexes = {step.position: index for index, step in enumerate(steps)}
     for step in steps:
@@ -136,18 +144,7 @@ def journey_spec(journey: Journey) -> dict[str, Any]:
                 "delay": format_iso_duration(step.delay),
                 "channel": step.channel,
                 "template": {"subject": step.subject or None, "body": step.body},
-                "discount": (
-                    {
-                        "percent_off": step.discount_percent,
-                        "valid_for": (
-                            format_iso_duration(step.discount_valid_for)
-                            if step.discount_valid_for
-                            else None
-                        ),
-                    }
-                    if step.discount_percent
-                    else None
-                ),
+                "discount": _discount_spec(step),
                 "condition": condition_renumber(step.condition, indexes) or None,
             }
         )
@@ -178,6 +175,59 @@ def caps_spec() -> list[dict[str, Any]]:
         }
         for cap in FrequencyCap.objects.order_by("channel", "period")
     ]
+
+
+def _discount_spec(step: JourneyStep) -> dict[str, Any] | None:
+    """A step's discount rule in the journeys-as-code format (only the keys it uses, but
+    percent_off and valid_for always, as before amounts and pools existed)."""
+    if step.discount_percent is None and step.discount_amount is None:
+        return None
+    spec: dict[str, Any] = {}
+    if step.discount_amount is not None:
+        spec["amount_off"] = f"{step.discount_amount:.2f}"
+        spec["currency"] = step.discount_currency
+    else:
+        spec["percent_off"] = step.discount_percent
+    spec["valid_for"] = (
+        format_iso_duration(step.discount_valid_for) if step.discount_valid_for else None
+    )
+    if step.discount_prefix:
+        spec["prefix"] = step.discount_prefix
+    if step.discount_pool is not None:
+        spec["pool"] = step.discount_pool.name
+    return spec
+
+
+def discount_pool_names() -> set[str]:
+    return set(DiscountCodePool.objects.values_list("name", flat=True))
+
+
+def discount_pools_with_stock() -> QuerySet[DiscountCodePool]:
+    """The pools, each with `remaining` (codes not handed out yet) and `taken`: one
+    aggregate over the pools' codes."""
+    return DiscountCodePool.objects.annotate(
+        remaining=Count("codes", filter=Q(codes__send=None)),
+        taken=Count("codes", filter=Q(codes__send__isnull=False)),
+    )
+
+
+def discount_pools_low() -> list[DiscountCodePool]:
+    """Pools with fewer codes left than their low-stock threshold (used by steps or not)."""
+    return [
+        pool
+        for pool in discount_pools_with_stock().order_by("name")
+        if pool.remaining < pool.low_stock_threshold  # type: ignore[attr-defined]
+    ]
+
+
+def discount_code_send(code: str) -> ScheduledSend | None:
+    """The send that holds `code` (compared upper-case), with its journey and the payment
+    that redeemed it; None when no send does."""
+    return (
+        ScheduledSend.objects.filter(discount_code=code_normalise(code))
+        .select_related("journey", "discount_payment")
+        .first()
+    )
 
 
 def journeys_export() -> dict[str, Any]:

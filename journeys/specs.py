@@ -8,8 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import time, timedelta
+from decimal import Decimal
 from typing import Any
 
+from journeys.codes import DiscountRule, amount_parse, discount_rule_problems
 from journeys.conditions import condition_problems, entry_scope, step_scope
 from journeys.durations import parse_iso_duration
 from journeys.models import Journey, SendWindowMode
@@ -30,6 +32,10 @@ class StepSpec:
     discount_percent: int | None
     discount_valid_for: timedelta | None
     condition: dict[str, Any] | None = None
+    discount_amount: Decimal | None = None
+    discount_currency: str = ""
+    discount_prefix: str = ""
+    discount_pool: str | None = None  # the pool's name
 
 
 @dataclass
@@ -73,11 +79,16 @@ def event_type_problem(value: object, known: set[str]) -> str | None:
 
 
 def step_problems(
-    *, channel: str, subject: str, body: str, discount_percent: int | None
+    *,
+    channel: str,
+    subject: str,
+    body: str,
+    discount_percent: int | None,
+    discount_amount: Decimal | None = None,
 ) -> dict[str, list[str]]:
     """Problems of one step by field name: channel, subject, body."""
     problems: dict[str, list[str]] = {}
-    has_discount = bool(discount_percent)
+    has_discount = bool(discount_percent) or discount_amount is not None
     if channel not in Channel.values:
         problems["channel"] = [f"must be one of {', '.join(Channel.values)}"]
     if channel == Channel.EMAIL and not subject.strip():
@@ -114,8 +125,11 @@ def _choice(
     return str(value)
 
 
-def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec | None, list[str]]:
-    """One journey of the journeys-as-code format, checked field by field.
+def journey_spec_parse(
+    raw: Any, *, known_types: set[str], known_pools: set[str] | None = None
+) -> tuple[JourneySpec | None, list[str]]:
+    """One journey of the journeys-as-code format, checked field by field. `known_pools`:
+    the discount code pools' names (read from the database when not given).
 
     Returns (spec, []) or (None, ["field: problem", ...]).
     """
@@ -172,8 +186,14 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
         steps_raw = []
     elif len(steps_raw) > MAX_STEPS:
         errors.append(f"steps: at most {MAX_STEPS}")
+    if known_pools is None and any(
+        isinstance(step, dict) and isinstance(step.get("discount"), dict) for step in steps_raw
+    ):
+        from journeys.selectors import discount_pool_names
+
+        known_pools = discount_pool_names()
     for position, step_raw in enumerate(steps_raw):
-        step, step_errors = _step_parse(step_raw, position)
+        step, step_errors = _step_parse(step_raw, position, known_pools or set())
         errors.extend(f"steps[{position}].{problem}" for problem in step_errors)
         if step:
             steps.append(step)
@@ -205,7 +225,61 @@ def journey_spec_parse(raw: Any, *, known_types: set[str]) -> tuple[JourneySpec 
     )
 
 
-def _step_parse(raw: Any, position: int) -> tuple[StepSpec | None, list[str]]:
+_DISCOUNT_KEYS = {"percent_off", "amount_off", "currency", "valid_for", "prefix", "pool"}
+
+
+def _discount_parse(
+    discount: Any, known_pools: set[str], errors: list[str]
+) -> tuple[DiscountRule, timedelta | None]:
+    """A step's "discount" object: {"percent_off": 10} or {"amount_off": "10.00",
+    "currency": "EUR"}, with "valid_for", "prefix" or "pool" (a known pool's name)."""
+    if not isinstance(discount, dict):
+        errors.append("discount: must be an object with percent_off or amount_off")
+        return DiscountRule(), None
+    if unknown := set(discount) - _DISCOUNT_KEYS:
+        errors.append(f"discount: unknown field(s): {', '.join(sorted(unknown))}")
+    percent = discount.get("percent_off")
+    if percent is not None and (
+        isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100
+    ):
+        errors.append("discount.percent_off: a whole number from 1 to 100")
+        percent = None
+    amount = None
+    if (raw_amount := discount.get("amount_off")) is not None:
+        amount = amount_parse(raw_amount)
+        if amount is None:
+            errors.append('discount.amount_off: a positive amount such as "10.00"')
+    if discount.get("percent_off") is None and discount.get("amount_off") is None:
+        errors.append("discount: percent_off or amount_off is required")
+    texts: dict[str, str] = {}
+    for key in ("currency", "prefix", "pool"):
+        value = discount.get(key)
+        if value is not None and not isinstance(value, str):
+            errors.append(f"discount.{key}: must be text")
+            value = None
+        texts[key] = value or ""
+    pool = texts["pool"] or None
+    if pool is not None and pool not in known_pools:
+        known = ", ".join(sorted(known_pools)) or "none yet: create it in the admin"
+        errors.append(f"discount.pool: unknown pool {pool!r} (known: {known})")
+    valid_for = _duration(discount, "valid_for", errors, optional=True)
+    rule = DiscountRule(
+        percent=percent,
+        amount=amount,
+        currency=texts["currency"].strip().upper(),
+        prefix=texts["prefix"].strip().upper(),
+        pool=pool,
+        has_valid_for=valid_for is not None,
+    )
+    names = {"percent": "percent_off", "amount": "amount_off"}
+    for name, problems in discount_rule_problems(rule).items():
+        errors.extend(f"discount.{names.get(name, name)}: {problem}" for problem in problems)
+    return rule, valid_for
+
+
+def _step_parse(
+    raw: Any, position: int, known_pools: set[str]
+) -> tuple[StepSpec | None, list[str]]:
     """One step; its position is its index in the list (what step conditions refer to)."""
     if not isinstance(raw, dict):
         return None, ["must be an object"]
@@ -224,19 +298,16 @@ def _step_parse(raw: Any, position: int) -> tuple[StepSpec | None, list[str]]:
     if not isinstance(subject, str) or not isinstance(body, str):
         errors.append("template: subject and body must be text")
         subject, body = "", ""
-    percent, valid_for = None, None
+    rule, valid_for = DiscountRule(), None
     discount = raw.get("discount")
     if discount is not None:
-        if not isinstance(discount, dict):
-            errors.append("discount: must be an object with percent_off and valid_for")
-        else:
-            percent = discount.get("percent_off")
-            if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100:
-                errors.append("discount.percent_off: a whole number from 1 to 100")
-                percent = None
-            valid_for = _duration(discount, "valid_for", errors, optional=True)
+        rule, valid_for = _discount_parse(discount, known_pools, errors)
     for name, problems in step_problems(
-        channel=str(channel), subject=subject, body=body, discount_percent=percent
+        channel=str(channel),
+        subject=subject,
+        body=body,
+        discount_percent=rule.percent,
+        discount_amount=rule.amount,
     ).items():
         target = name if name == "channel" else f"template.{name}"
         errors.extend(f"{target}: {problem}" for problem in problems)
@@ -251,9 +322,13 @@ def _step_parse(raw: Any, position: int) -> tuple[StepSpec | None, list[str]]:
         channel=str(channel),
         subject=subject,
         body=body,
-        discount_percent=percent,
+        discount_percent=rule.percent,
         discount_valid_for=valid_for,
         condition=condition,
+        discount_amount=rule.amount,
+        discount_currency=rule.currency,
+        discount_prefix=rule.prefix,
+        discount_pool=rule.pool,
     ), []
 
 

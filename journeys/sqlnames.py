@@ -7,7 +7,7 @@ in journeys spells one itself)."""
 
 from __future__ import annotations
 
-from journeys.models import Enrollment, Journey, JourneyStep, ScheduledSend
+from journeys.models import Enrollment, Journey, JourneyStep, PooledCode, ScheduledSend
 from marketing.models import Cart, Customer, Event
 
 
@@ -25,6 +25,7 @@ NAMES: dict[str, str] = {
     "customer": Customer._meta.db_table,
     "cart": Cart._meta.db_table,
     "event": Event._meta.db_table,
+    "pooled_code": PooledCode._meta.db_table,
     # {pending}, {sending}, {sent}, {cancelled}, {skipped}, {failed}
     **{status.name.lower(): _literal(status.value) for status in ScheduledSend.Status},
     # the statuses of a send not decided yet (ScheduledSend.ACTIVE), as an IN list

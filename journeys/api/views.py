@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from django.http import Http404
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
@@ -12,10 +15,12 @@ from rest_framework.response import Response
 
 from journeys import selectors, services
 from journeys.api.serializers import (
+    DiscountCodeSerializer,
     ScheduledSendCancelSerializer,
     ScheduledSendFilterSerializer,
     ScheduledSendSerializer,
 )
+from journeys.codes import code_state, value_of, value_text
 from journeys.models import ScheduledSend
 from nudge.api import AUTHENTICATED_ERRORS, AuthenticatedAPIView, Pagination, error_responses
 
@@ -35,6 +40,10 @@ class CanViewSends(HasPermission):
 
 class CanChangeSends(HasPermission):
     perm = "journeys.change_scheduledsend"
+
+
+class CanCheckCodes(HasPermission):
+    perm = "journeys.check_discount_code"
 
 
 class ScheduledSendListView(AuthenticatedAPIView, GenericAPIView):
@@ -99,3 +108,65 @@ class ScheduledSendCancelView(AuthenticatedAPIView):
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         send = selectors.scheduled_sends().get(pk=send_id)
         return Response(ScheduledSendSerializer(send).data)
+
+
+# what a code may look like (generated: capitals, digits, '-'; uploaded: '_' too), any case
+CODE_PATTERN = r"^[A-Za-z0-9_-]+$"
+_CODE_LIKE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class DiscountCodeView(AuthenticatedAPIView):
+    """The shop's checkout asks whether a code may be used (redemption itself is recorded
+    from the payment_finished event that carries it)."""
+
+    permission_classes = [IsAuthenticated, CanCheckCodes]
+
+    @extend_schema(
+        operation_id="codes_retrieve",
+        parameters=[
+            OpenApiParameter(
+                "code",
+                {"type": "string", "minLength": 1, "maxLength": 64, "pattern": CODE_PATTERN},
+                OpenApiParameter.PATH,
+                required=True,
+                description="The code, in any case (codes are compared upper-case).",
+            )
+        ],
+        responses={200: DiscountCodeSerializer, **error_responses(404, *AUTHENTICATED_ERRORS)},
+        summary="A discount code's state (valid, expired, redeemed, void), value and expiry; "
+        "looked up case-insensitively.",
+    )
+    def get(self, request: Request, code: str) -> Response:
+        send = selectors.discount_code_send(code) if _code_like(code) else None
+        if send is None:
+            raise Http404("No such discount code.")
+        state, why = code_state(send, timezone.now())
+        payment = send.discount_payment
+        return Response(
+            DiscountCodeSerializer(
+                {
+                    "code": send.discount_code,
+                    "status": state,
+                    "reason": why,
+                    "value": value_of(send),
+                    "value_text": value_text(
+                        percent=send.discount_percent,
+                        amount=send.discount_amount,
+                        currency=send.discount_currency,
+                    ),
+                    "expires_at": send.discount_expires_at,
+                    "sent_at": send.sent_at,
+                    "redeemed_at": send.discount_redeemed_at,
+                    "redeemed_by_payment": payment.external_id if payment is not None else None,
+                    "journey": send.journey.slug,
+                    "step": send.step_position,
+                    "send": send.pk,
+                }
+            ).data
+        )
+
+
+def _code_like(code: str) -> bool:
+    """Worth looking up: anything else is no code (and a NUL byte would be an error of the
+    database, not a 404)."""
+    return _CODE_LIKE.fullmatch(code.strip()) is not None

@@ -5,6 +5,8 @@
 - `applying`: stored events applied to journeys on the workers (marketing's verbs lock them)
 - `claiming`: the timer's claims of due and stuck sends
 - `dispatch`: locked, re-checked, sent, recorded
+- `codes`: discount codes: made at enrolment, pool codes handed out at dispatch, pool uploads,
+  redemptions from payments
 - `consent`: a customer's own opt-out waits for the dispatch of their in-flight sends
 - `operators`: an operator's cancellations and deactivations, and a removed step's
 - `journeys_as_code`: import and the demo journeys

@@ -45,10 +45,11 @@ from journeys.channels import (
     provider_name,
 )
 from journeys.channels.sms import phone_normalise, sms_segments
+from journeys.codes import value_text
 from journeys.durations import humanize
 from journeys.models import ScheduledSend
 from journeys.rendering import render, render_subject
-from journeys.services import inflight, pacing, providers
+from journeys.services import codes, inflight, pacing, providers
 from journeys.services.conditions import step_condition_refusals
 from journeys.services.consent import consent_refusal
 from journeys.services.exits import exit_event_first, exit_reason
@@ -249,6 +250,8 @@ class _Run:
             exits = _exit_events_for(sends)
             suppressions = _suppressions_for(sends)
             conditions = step_condition_refusals(sends)
+            # pool codes for the sends that need one, given back below if they do not go out
+            pooled = codes.pool_codes_take(sends=sends)
             now = timezone.now()
             paced = pacing.DispatchPacing.load(sends, now)
             calls: list[_Call] = []
@@ -261,6 +264,7 @@ class _Run:
                         suppressions.get(send.pk),
                         paced,
                         condition_refusal=conditions.get(send.pk),
+                        no_code=pooled.missing.get(send.pk, ""),
                     )
                 except Exception as exc:
                     # One bad row must not hold up the others: count it as an attempt
@@ -274,6 +278,7 @@ class _Run:
                 else:
                     self.statuses[send.pk] = send.status
                 send.updated_at = now
+            codes.pool_codes_give_back(sends=sends, take=pooled)
             _outcomes_save(sends)
         if lock_customers:
             # the customers of sends that were refused, or were no longer in flight
@@ -604,9 +609,16 @@ def _message_context(send: ScheduledSend, now: datetime) -> dict[str, Any]:
         expires_at = send.discount_expires_at
         if expires_at is None and step is not None and step.discount_valid_for:
             expires_at = now + step.discount_valid_for
+        amount, percent = send.discount_amount, send.discount_percent
         discount = {
             "code": send.discount_code,
-            "percent_off": send.discount_percent,
+            # the value, as words ("10%", "10.00 EUR") and as parts (empty when not its kind)
+            "value": value_text(percent=percent, amount=amount, currency=send.discount_currency),
+            "kind": "amount" if amount is not None else "percent",
+            "percent": percent if percent is not None else "",
+            "percent_off": percent if percent is not None else "",  # `percent`'s first name
+            "amount": f"{amount:.2f}" if amount is not None else "",
+            "currency": send.discount_currency,
             "expires_at": expires_at,
         }
     return {
@@ -678,15 +690,19 @@ def _call_prepare(
     paced: pacing.DispatchPacing | None = None,
     *,
     condition_refusal: str | None = None,
+    no_code: str = "",
 ) -> _Call | None:
     """Decide and render one locked row: None when it must not go out (its outcome fields
     are set; a send pacing defers is pending again, due later), else the call to make (and
-    the row marked as called: attempts, call_started_at, provider)."""
+    the row marked as called: attempts, call_started_at, provider). `no_code`: why the send
+    has no discount code when its step takes them from a pool (services.codes)."""
     refusal = _reason_not_to_send(
         send, now, exit_event, suppression, condition_refusal=condition_refusal
     )
     if refusal is None and paced is not None:
         refusal = paced.send_check(send, now)  # quiet hours, frequency caps, priority
+    if refusal is None and no_code:
+        refusal = Status.SKIPPED, no_code
     if refusal is not None:
         send.status, send.reason = refusal
         return None

@@ -9,7 +9,6 @@ one statement per table. The caller (services.applying) holds the customers' loc
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -21,7 +20,8 @@ from django.utils import timezone
 from journeys import selectors
 from journeys.durations import humanize
 from journeys.models import Enrollment, Journey, ScheduledSend
-from journeys.services import pacing
+from journeys.services import codes, pacing
+from journeys.services.codes import discount_code_generate
 from journeys.services.conditions import EntryConditions
 from journeys.services.exits import (
     describe_event,
@@ -36,12 +36,7 @@ from marketing.models import Cart, Event
 logger = logging.getLogger(__name__)
 
 Status = ScheduledSend.Status
-DISCOUNT_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
-
-
-def discount_code_generate() -> str:
-    """A fresh code from `secrets`: 32^10 (about 10^15) possibilities, unique in the database."""
-    return "".join(secrets.choice(DISCOUNT_ALPHABET) for _ in range(10))
+__all__ = ["EnrolmentPlan", "discount_code_generate", "enrolment_plan_apply"]
 
 
 def enrolment_plan_apply(*, events: list[Event]) -> None:
@@ -66,6 +61,8 @@ def enrolment_plan_apply(*, events: list[Event]) -> None:
                 note = plan.enrol(journey, event)
                 logger.debug("event %s, journey %s: %s", event.pk, journey.slug, note)
     plan.save()
+    # payments that carry a discount code: redeemed, duplicate, expired, void or unknown
+    codes.code_redemptions_record(events=events)
 
 
 # Cancellations decided while applying a chunk, for sends stored before it: one UPDATE, rows
@@ -274,12 +271,7 @@ class EnrolmentPlan:
                 dedupe_key=dedupe_key,
                 status=status,
                 reason=reason,
-                discount_code=(
-                    discount_code_generate()
-                    if step.discount_percent and status == Status.PENDING
-                    else None
-                ),
-                discount_percent=step.discount_percent,
+                **codes.send_discount_fields(step, status=status),
             )
             self.sends.append(send)
             if status == Status.PENDING:

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models.functions import Now
 
 from journeys import selectors
-from journeys.models import FrequencyCap, Journey, JourneyStep
+from journeys.models import DiscountCodePool, FrequencyCap, Journey, JourneyStep
 from journeys.services.operators import scheduled_send_cancel_for_steps
 from journeys.specs import CapSpec, JourneySpec, caps_spec_parse, journey_spec_parse
 
@@ -47,6 +47,7 @@ def journeys_import(*, data: Any, replace: bool = False, dry_run: bool = False) 
     if not isinstance(data, dict) or not isinstance(data.get("journeys"), list):
         raise JourneyImportError(['the file must be an object {"journeys": [...]}'])
     known = selectors.known_event_types()
+    pools = selectors.discount_pool_names()
     specs: list[JourneySpec] = []
     errors: list[str] = []
     seen: set[str] = set()
@@ -54,7 +55,7 @@ def journeys_import(*, data: Any, replace: bool = False, dry_run: bool = False) 
         label = f"journeys[{index}]"
         if isinstance(raw, dict) and isinstance(raw.get("slug"), str):
             label += f" ({raw['slug']})"
-        spec, problems = journey_spec_parse(raw, known_types=known)
+        spec, problems = journey_spec_parse(raw, known_types=known, known_pools=pools)
         errors.extend(f"{label}: {problem}" for problem in problems)
         if spec is not None:
             if spec.slug in seen:
@@ -135,6 +136,10 @@ def journey_save_spec(*, spec: JourneySpec) -> tuple[Journey, bool]:
             "conditions": spec.conditions,
         },
     )
+    names = {step.discount_pool for step in spec.steps if step.discount_pool}
+    pools = dict(DiscountCodePool.objects.filter(name__in=names).values_list("name", "pk"))
+    if missing := names - set(pools):
+        raise JourneyImportError([f"discount.pool: unknown pool {name!r}" for name in missing])
     for position, step in enumerate(spec.steps):
         JourneyStep.objects.update_or_create(
             journey=journey,
@@ -147,6 +152,10 @@ def journey_save_spec(*, spec: JourneySpec) -> tuple[Journey, bool]:
                 "discount_percent": step.discount_percent,
                 "discount_valid_for": step.discount_valid_for,
                 "condition": step.condition,
+                "discount_amount": step.discount_amount,
+                "discount_currency": step.discount_currency,
+                "discount_prefix": step.discount_prefix,
+                "discount_pool_id": pools.get(step.discount_pool) if step.discount_pool else None,
             },
         )
     removed = journey.steps.filter(position__gte=len(spec.steps))

@@ -39,6 +39,15 @@ MARKETER_PERMISSIONS: dict[str, list[str]] = {
         "add_frequencycap",
         "change_frequencycap",
         "view_frequencycap",
+        # discount codes: pools are created and filled (CSV upload) by marketers; handed-out
+        # codes and redemptions are records, only read
+        "add_discountcodepool",
+        "change_discountcodepool",
+        "view_discountcodepool",
+        "view_pooledcode",
+        "delete_pooledcode",
+        "view_coderedemption",
+        "check_discount_code",
     ],
     "media_tasks": [
         "add_uploadedimage",

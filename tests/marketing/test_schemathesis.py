@@ -62,6 +62,7 @@ EXAMPLES: dict[str, tuple[int, int]] = {
     "GET /api/sends/": (800, 200),
     "GET /api/sends/{send_id}/": (600, 150),
     "POST /api/sends/{send_id}/cancel/": (500, 150),
+    "GET /api/codes/{code}/": (400, 150),
     "POST /api/media/": (250, 100),
     "GET /api/media/{id}/": (550, 150),
 }
@@ -95,6 +96,7 @@ def seeded() -> dict[str, Any]:
         "all",
         "view_scheduledsend",
         "change_scheduledsend",
+        "check_discount_code",
         "view_uploadedimage",
         "add_uploadedimage",
     )
@@ -105,10 +107,16 @@ def seeded() -> dict[str, Any]:
     }
     image = UploadedImageFactory.create(uploaded_by=everything)
     sends = list(ScheduledSend.objects.values_list("pk", flat=True))
+    # codes of sent and pending sends (valid and void), and one in lower case
+    codes = list(
+        ScheduledSend.objects.exclude(discount_code=None).values_list("discount_code", flat=True)
+    )
+    assert codes
+    codes.append(codes[0].lower())
     assert ScheduledSend.objects.filter(cart=None).exists()
     assert ScheduledSend.objects.exclude(cart=None).exists()
     assert ScheduledSend.objects.filter(status="sent").exists()
-    return {"tokens": tokens, "ids": {"send_id": sends, "id": [image.pk]}}
+    return {"tokens": tokens, "ids": {"send_id": sends, "id": [image.pk], "code": codes}}
 
 
 def test_the_api_conforms_to_its_schema(seeded, settings_override):
@@ -141,6 +149,7 @@ def test_the_api_conforms_to_its_schema(seeded, settings_override):
     assert statuses["GET /api/sends/{send_id}/ positive"][200] > 0
     assert statuses["POST /api/sends/{send_id}/cancel/ positive"][200] > 0
     assert statuses["GET /api/media/{id}/ positive"][200] > 0
+    assert statuses["GET /api/codes/{code}/ positive"][200] > 0
 
 
 @pytest.fixture
