@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django import forms
@@ -15,7 +16,7 @@ from django.utils.functional import cached_property
 from django.views.decorators.http import require_POST
 
 from journeys import selectors, services
-from journeys.models import Enrollment, Journey, JourneyStep, ScheduledSend
+from journeys.models import Conversion, Enrollment, Journey, JourneyStep, ScheduledSend
 from journeys.services import erasure
 from journeys.services.redrive import scheduled_sends_redrive
 from journeys.specs import event_type_problem, step_problems
@@ -35,7 +36,8 @@ class JourneyForm(forms.ModelForm):
         model = Journey
         fields = [
             "name", "slug", "active", "trigger", "exit_on", "exit_scope", "max_lateness",
-            "dedupe", "max_wait", "reentry", "reentry_period",
+            "dedupe", "max_wait", "reentry", "reentry_period", "holdout_percent",
+            "conversion_window",
         ]  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -67,6 +69,9 @@ class JourneyForm(forms.ModelForm):
         cleaned = super().clean() or {}
         if cleaned.get("reentry") == Journey.Reentry.PERIOD and not cleaned.get("reentry_period"):
             self.add_error("reentry_period", "Required when re-entry is once per period.")
+        window = cleaned.get("conversion_window")
+        if window is not None and window <= timedelta(0):
+            self.add_error("conversion_window", "Must be longer than 0 (e.g. 5 days: 5 00:00:00).")
         return cleaned
 
 
@@ -137,7 +142,9 @@ class JourneyAdmin(GuardedActionsAdmin):
 
     form = JourneyForm
     inlines = [JourneyStepInline]
-    list_display = ["name", "slug", "trigger", "exit_list", "dedupe", "reentry", "active"]
+    list_display = [
+        "name", "slug", "trigger", "exit_list", "dedupe", "reentry", "holdout_percent", "active",
+    ]  # fmt: skip
     list_filter = ["active", "trigger", "dedupe"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}
@@ -145,6 +152,15 @@ class JourneyAdmin(GuardedActionsAdmin):
         (None, {"fields": ["name", "slug", "active"]}),
         ("When", {"fields": ["trigger", "exit_on", "exit_scope", "max_lateness"]}),
         ("Repeats", {"fields": ["dedupe", "max_wait", "reentry", "reentry_period"]}),
+        (
+            "Results",
+            {
+                "fields": ["holdout_percent", "conversion_window"],
+                "description": "A holdout group is never sent anything: comparing its "
+                "conversion with the others' shows what the journey earns (GET "
+                "/api/journeys/&lt;slug&gt;/stats/).",
+            },
+        ),
     ]
     actions = ["deactivate_journeys"]
     # named here, not found by app label: the Deactivate button does not depend on the label
@@ -321,6 +337,29 @@ class ScheduledSendAdmin(LargeTableAdmin):
                 "they are.",
                 messages.INFO,
             )
+
+
+@admin.register(Conversion)
+class ConversionAdmin(LargeTableAdmin):
+    """Payments credited to a journey's send (journeys.services.attribution): read only, as
+    they are derived from the payments and the sends."""
+
+    list_display = [
+        "converted_at", "journey", "kind", "held_out", "amount", "currency", "payment", "send",
+    ]  # fmt: skip
+    list_filter = ["journey", "kind", "held_out", "converted_at"]
+    search_fields = ["payment__external_id", "customer__external_id"]
+    list_select_related = ["journey", "payment"]
+    readonly_fields = [f.name for f in Conversion._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 # --- the customer list's erasure ----------------------------------------------------------

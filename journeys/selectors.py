@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -120,6 +121,9 @@ def journey_spec(journey: Journey) -> dict[str, Any]:
         ),
         "max_lateness": format_iso_duration(journey.max_lateness),
         "active": journey.active,
+        # a number, as written: 10 or 2.5 (journeys.services.holdout)
+        "holdout_percent": _number(journey.holdout_percent),
+        "conversion_window": format_iso_duration(journey.conversion_window),
         "steps": [],
     }
     for step in journey.steps.order_by("position"):
@@ -143,6 +147,10 @@ def journey_spec(journey: Journey) -> dict[str, Any]:
             }
         )
     return spec
+
+
+def _number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def journeys_export() -> dict[str, Any]:

@@ -21,6 +21,7 @@ from django.utils import timezone
 from journeys import selectors
 from journeys.durations import humanize
 from journeys.models import Enrollment, Journey, ScheduledSend
+from journeys.services.attribution import conversions_record
 from journeys.services.exits import (
     describe_event,
     event_cart_id,
@@ -28,6 +29,7 @@ from journeys.services.exits import (
     exit_event_first,
     exit_reason,
 )
+from journeys.services.holdout import enrollment_held_out, held_out_reason
 from journeys.sqlnames import sql
 from marketing.models import Cart, Event
 
@@ -64,6 +66,7 @@ def enrolment_plan_apply(*, events: list[Event]) -> None:
                 note = plan.enrol(journey, event)
                 logger.debug("event %s, journey %s: %s", event.pk, journey.slug, note)
     plan.save()
+    conversions_record(events=events)
 
 
 # Cancellations decided while applying a chunk, for sends stored before it: one UPDATE, rows
@@ -211,6 +214,7 @@ class EnrolmentPlan:
         anchor = occurred
         if journey.dedupe == Journey.Dedupe.LATEST and journey.max_wait is not None:
             anchor = min(occurred, chain_started_at + journey.max_wait)
+        held_out = enrollment_held_out(journey, customer_id)
         enrollment = Enrollment(
             journey=journey,
             customer_id=customer_id,
@@ -218,6 +222,7 @@ class EnrolmentPlan:
             trigger_event=event,
             trigger_occurred_at=occurred,
             chain_started_at=chain_started_at,
+            held_out=held_out,
         )
         self.enrollments.append(enrollment)
         self.enrolled.setdefault((journey.pk, customer_id), []).append(occurred)
@@ -245,6 +250,8 @@ class EnrolmentPlan:
                 status, reason = Status.CANCELLED, exit_reason(exit_event)
             elif (late := now - intended_at) > journey.max_lateness:
                 status, reason = Status.SKIPPED, f"stale: {humanize(late)} late at enrolment"
+            elif held_out:  # never sent, and no discount code (only pending sends get one)
+                status, reason = Status.SKIPPED, held_out_reason(journey)
             send = ScheduledSend(
                 enrollment=enrollment,
                 journey=journey,

@@ -88,6 +88,8 @@ def journey_save_spec(*, spec: JourneySpec) -> tuple[Journey, bool]:
             "reentry_period": spec.reentry_period,
             "max_lateness": spec.max_lateness,
             "active": spec.active,
+            "holdout_percent": spec.holdout_percent,
+            "conversion_window": spec.conversion_window,
         },
     )
     for position, step in enumerate(spec.steps):

@@ -25,6 +25,7 @@ MARKETER_PERMISSIONS: dict[str, list[str]] = {
         "view_enrollment",
         "view_scheduledsend",
         "change_scheduledsend",
+        "view_conversion",
     ],
     "media_tasks": [
         "add_uploadedimage",
