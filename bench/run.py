@@ -180,6 +180,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-paths", action="store_true", help="no Twilio/SMTP bursts (provider_paths nan)"
     )
+    parser.add_argument(
+        "--stats-sends",
+        type=int,
+        default=1_000_000,
+        help="sends of the stats scenario's journey (GET /api/journeys/{slug}/stats/)",
+    )
+    parser.add_argument("--stats-requests", type=int, default=300, help="timed stats API requests")
+    parser.add_argument("--skip-stats", action="store_true", help="no stats scenario (nan)")
+    parser.add_argument(
+        "--only-stats", action="store_true", help="the stats scenario alone (its BENCH line)"
+    )
     parser.add_argument("--keep", metavar="DIR", help="keep process logs in DIR")
     args = parser.parse_args(argv)
     for name, quick in QUICK.items():
@@ -1025,7 +1036,7 @@ def main(argv: list[str] | None = None) -> None:
     logs = Path(args.keep) if args.keep else work
     logs.mkdir(parents=True, exist_ok=True)
     prepare_environment(args, work)
-    if not args.skip_ingest:
+    if not args.skip_ingest and not args.only_stats:
         ensure_wrk()
 
     import django
@@ -1034,10 +1045,20 @@ def main(argv: list[str] | None = None) -> None:
     from django.core.management import call_command
 
     from bench import media, provider, scaleout
+    from bench import stats as stats_scenario
     from journeys import services
     from journeys.models import Journey
 
     started = time.monotonic()
+    if args.only_stats:
+        try:
+            call_command("migrate", verbosity=0)
+            figures = stats_scenario.run(args, f"{RUN}stat", logs)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        print(stats_scenario.bench_line(figures, args.stats_sends))
+        return
     try:
         call_command("migrate", verbosity=0)
         services.demo_journeys_ensure()
@@ -1092,6 +1113,9 @@ def main(argv: list[str] | None = None) -> None:
                 args.paths_sends, args.provider_latency_ms, f"{RUN}path", work, logs
             )
             paths_figures["latency_ms"] = args.provider_latency_ms
+        stats_figures = None
+        if not args.skip_stats:
+            stats_figures = stats_scenario.run(args, f"{RUN}stat", logs)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -1228,6 +1252,7 @@ def main(argv: list[str] | None = None) -> None:
     print(provider.bench_line(provider_figures))
     print(scaleout.bench_line(scaleout_figures, args.scaleout_hosts))
     print(provider.paths_line(paths_figures))
+    print(stats_scenario.bench_line(stats_figures, 0 if args.skip_stats else args.stats_sends))
 
 
 def _triple(figures: dict[str, float], kind: str) -> str:

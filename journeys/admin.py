@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -44,6 +45,18 @@ class JourneyForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk and isinstance(self.instance.exit_on, list):
             self.initial["exit_on"] = ", ".join(self.instance.exit_on)
+        # left empty: no holdout, and the default window (as journeys-as-code without them)
+        for name in ("holdout_percent", "conversion_window"):
+            self.fields[name].required = False
+
+    def clean_holdout_percent(self) -> Decimal:
+        value = self.cleaned_data.get("holdout_percent")
+        return Decimal(0) if value is None else value
+
+    def clean_conversion_window(self) -> timedelta:
+        value = self.cleaned_data.get("conversion_window")
+        default = Journey._meta.get_field("conversion_window").get_default()
+        return default if value is None else value
 
     @cached_property
     def known_event_types(self) -> set[str]:

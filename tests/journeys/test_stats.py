@@ -609,3 +609,71 @@ def test_erased_customers_still_count():
     journey = send.journey
     _assert_rollup_matches_rows(journey, _today(), _tomorrow())
     assert stats.journey_figures(journey, _today(), _tomorrow()).total(Status.SENT) == 1
+
+
+# --- the admin ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_client_logged_in(client):
+    User.objects.create_superuser("root", password="x" * 12)
+    client.login(username="root", password="x" * 12)
+    return client
+
+
+def test_the_admin_sets_the_holdout_and_the_conversion_window(admin_client_logged_in):
+    from tests.journeys.test_admin import journey_form
+
+    response = admin_client_logged_in.post(
+        "/admin/journeys/journey/add/",
+        journey_form(holdout_percent="12.5", conversion_window="3 00:00:00"),
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    journey = Journey.objects.get(slug="winback")
+    assert journey.holdout_percent == Decimal("12.5")
+    assert journey.conversion_window == timedelta(days=3)
+    page = admin_client_logged_in.get(f"/admin/journeys/journey/{journey.pk}/change/")
+    assert "holdout" in page.content.decode().lower()
+
+
+def test_the_admin_leaves_no_holdout_and_five_days_when_left_empty(admin_client_logged_in):
+    from tests.journeys.test_admin import journey_form
+
+    response = admin_client_logged_in.post(
+        "/admin/journeys/journey/add/", journey_form(holdout_percent="", conversion_window="")
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    journey = Journey.objects.get(slug="winback")
+    assert (journey.holdout_percent, journey.conversion_window) == (0, timedelta(days=5))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("holdout_percent", "100.5"),
+        ("holdout_percent", "-1"),
+        ("holdout_percent", "1.234"),
+        ("conversion_window", "00:00:00"),
+    ],
+)
+def test_the_admin_refuses_a_bad_holdout_or_window(admin_client_logged_in, field, value):
+    from tests.journeys.test_admin import journey_form
+
+    response = admin_client_logged_in.post(
+        "/admin/journeys/journey/add/", journey_form(**{field: value})
+    )
+    assert response.status_code == 200
+    assert not Journey.objects.exists()
+    assert "errorlist" in response.content.decode()
+
+
+def test_the_conversions_are_listed_read_only_in_the_admin(admin_client_logged_in):
+    make_journey(exit_on=[])
+    _sent("j", "u_1", "c1", cart="k1")
+    pay("p1", user="u_1", payment="p_1")
+    conversion = Conversion.objects.get()
+    listing = admin_client_logged_in.get("/admin/journeys/conversion/")
+    assert listing.status_code == 200 and "p_1" in listing.content.decode()
+    detail = admin_client_logged_in.get(f"/admin/journeys/conversion/{conversion.pk}/change/")
+    assert detail.status_code == 200
+    assert admin_client_logged_in.get("/admin/journeys/conversion/add/").status_code == 403
