@@ -29,7 +29,12 @@ from journeys.services.exits import (
     exit_event_first,
     exit_reason,
 )
-from journeys.services.holdout import enrollment_held_out, held_out_reason
+from journeys.services.holdout import (
+    enrollment_held_out,
+    held_out_awaiting,
+    held_out_awaiting_is,
+    held_out_reason,
+)
 from journeys.sqlnames import sql
 from marketing.models import Cart, Event
 
@@ -106,6 +111,7 @@ class EnrolmentPlan:
     @classmethod
     def load(cls, events: list[Event], journeys: list[Journey]) -> EnrolmentPlan:
         customer_ids = {e.customer_id for e in events}
+        journeys_by_id = {j.pk: j for j in journeys}
         triggers = [(j, e) for e in events for j in journeys if j.active and j.trigger == e.type]
         triggered = {j.pk: j for j, _ in triggers}
         # sends an event may cancel: by its exits, or by superseding them
@@ -120,6 +126,14 @@ class EnrolmentPlan:
                 .order_by("-due_at", "pk")
             ):
                 active.setdefault(send.customer_id, []).append(send)
+            # held-out sends stand for pending ones until their due time (services.holdout)
+            held = held_out_awaiting(
+                customer_ids=customer_ids, journeys=[journeys_by_id[pk] for pk in watched]
+            )
+            for send in held:
+                active.setdefault(send.customer_id, []).append(send)
+            for sends in active.values() if held else ():
+                sends.sort(key=lambda s: (-s.due_at.timestamp(), s.pk))
         enrolled: dict[tuple[int, int], list[datetime]] = {}
         checked = [pk for pk, j in triggered.items() if j.reentry != Journey.Reentry.EVERY]
         if checked:
@@ -152,8 +166,10 @@ class EnrolmentPlan:
         )
 
     def _cancel(self, send: ScheduledSend, reason: str) -> None:
-        send.status, send.reason = Status.CANCELLED, reason
         self.active[send.customer_id].remove(send)
+        if held_out_awaiting_is(send):  # out of the running; its row stays held out
+            return
+        send.status, send.reason = Status.CANCELLED, reason
         if send.pk is not None:
             self.cancelled[send.pk] = reason
 
@@ -245,13 +261,13 @@ class EnrolmentPlan:
             # settled (nothing goes out within NUDGE_SETTLE_SECONDS of its trigger's arrival)
             intended_at = anchor + step.delay
             due_at = max(intended_at, settled_at) if settled_at is not None else intended_at
-            status, reason = Status.PENDING, ""
+            status, reason, stands_in = Status.PENDING, "", False
             if exit_event is not None:
                 status, reason = Status.CANCELLED, exit_reason(exit_event)
             elif (late := now - intended_at) > journey.max_lateness:
                 status, reason = Status.SKIPPED, f"stale: {humanize(late)} late at enrolment"
             elif held_out:  # never sent, and no discount code (only pending sends get one)
-                status, reason = Status.SKIPPED, held_out_reason(journey)
+                status, reason, stands_in = Status.SKIPPED, held_out_reason(journey), True
             send = ScheduledSend(
                 enrollment=enrollment,
                 journey=journey,
@@ -273,7 +289,7 @@ class EnrolmentPlan:
                 discount_percent=step.discount_percent,
             )
             self.sends.append(send)
-            if status == Status.PENDING:
+            if status == Status.PENDING or stands_in:  # stands_in: services.holdout
                 active_sends = self.active.setdefault(customer_id, [])
                 active_sends.append(send)
                 active_sends.sort(key=lambda s: s.due_at, reverse=True)

@@ -24,7 +24,8 @@ What is counted, on which day (UTC), the rule the triggers (SQL) and
 | converted(_holdout) | "" | the enrolment's created_at | enrolments' first conversions |
 
 A reason's label is its text before the first ":" or " (", trimmed (`reason_label`):
-"held out (10% holdout group)" -> "held out", "stale: 3 h late" -> "stale".
+"held out (10% holdout group)" -> "held out", "stale: 3 h late" -> "stale"; an exit's names
+the kind of event, not the event: "cancelled by payment p_9" -> "cancelled by payment".
 
 Pending and in-flight sends count nowhere; a failed send re-driven to pending leaves the
 failed count of its day, and counts again when it is decided. Triggers are PostgreSQL's; on
@@ -33,6 +34,7 @@ another database the figures are counted from the rows at each request (journeys
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -62,12 +64,23 @@ _SCHEDULE_LOCK = 0x4E55_5354_5343  # "NUSTSC"
 # --- the label of a reason: its Python body and its SQL body, side by side -------------------
 
 
+# The engine's exits and supersessions name the event ("cancelled by payment p_9",
+# "superseded by checkout c_3", services.exits.describe_event): its id is dropped, or every
+# payment would be a label of its own.
+_EVENT_NAMED = r"^((cancelled|superseded) by [^ ]+) [^ ]+$"
+
+
 def reason_label(reason: str) -> str:
-    """The leading label of a reason: the text before the first ":" or " (", trimmed."""
-    return reason.split(":", 1)[0].split(" (", 1)[0].strip()[:LABEL_MAX]
+    """The leading label of a reason: the text before the first ":" or " (", trimmed, less
+    the event's id in "cancelled by payment p_9" (-> "cancelled by payment")."""
+    label = reason.split(":", 1)[0].split(" (", 1)[0].strip()
+    return re.sub(_EVENT_NAMED, r"\1", label)[:LABEL_MAX]
 
 
-_LABEL_SQL = f"left(btrim(split_part(split_part(reason, ':', 1), ' (', 1)), {LABEL_MAX})"
+_LABEL_SQL = (
+    "left(regexp_replace(btrim(split_part(split_part(reason, ':', 1), ' (', 1)), "
+    f"'{_EVENT_NAMED}', '\\1'), {LABEL_MAX})"
+)
 
 
 # --- the triggers ---------------------------------------------------------------------------

@@ -411,6 +411,11 @@ def test_the_reason_label_is_the_same_in_python_and_in_sql():
         "x" * 300,
         "(leading paren) text",
         "a (b: c)",
+        "cancelled by payment p_9",
+        "cancelled by payment p_10",
+        "superseded by checkout c_3",
+        "cancelled by alice in admin",
+        "cancelled by user_registered evt_1",
     ]
     for index, reason in enumerate(reasons):
         ingest(make_event(f"c{index}", "checkout_started", user=f"u_{index}", cart=f"k{index}",
@@ -426,6 +431,11 @@ def test_the_reason_label_is_the_same_in_python_and_in_sql():
     assert rollup.reason_label(reasons[0]) == "capped"
     assert rollup.reason_label(reasons[1]) == "held out"
     assert rollup.reason_label(reasons[2]) == "quiet hours"
+    # an exit's reason names the kind of event, not the event (one label for all payments)
+    assert rolled["cancelled by payment"] == 2
+    assert rolled["superseded by checkout"] == 1
+    assert rolled["cancelled by alice in admin"] == 1
+    assert rolled["cancelled by user_registered"] == 1
 
 
 def test_the_fold_moves_the_deltas_once():
@@ -677,3 +687,49 @@ def test_the_conversions_are_listed_read_only_in_the_admin(admin_client_logged_i
     detail = admin_client_logged_in.get(f"/admin/journeys/conversion/{conversion.pk}/change/")
     assert detail.status_code == 200
     assert admin_client_logged_in.get("/admin/journeys/conversion/add/").status_code == 403
+
+
+# --- a held-out send stands for the pending send it replaces --------------------------------
+
+
+def test_dedupe_first_ignores_a_second_trigger_of_a_held_out_customer_as_of_a_sent_one():
+    make_journey(slug="first", holdout_percent=100, dedupe="first", exit_on=["payment_finished"])
+    ingest(make_event("c1", "checkout_started", user="u_1", cart="k1", at=minutes_ago(2)))
+    ingest(make_event("c2", "checkout_started", user="u_1", cart="k2", at=minutes_ago(1)))
+    assert Enrollment.objects.count() == 1  # as for a customer whose send is pending
+
+    pay("p1", user="u_1", payment="p_1")  # the exit: the held-out send is out of the running
+    ingest(make_event("c3", "checkout_started", user="u_1", cart="k3", at=timezone.now()))
+    assert Enrollment.objects.count() == 2
+    assert set(ScheduledSend.objects.values_list("status", "reason")) == {
+        (Status.SKIPPED, "held out (100% holdout group)")
+    }
+
+
+def test_dedupe_first_in_one_chunk_for_held_out_customers():
+    make_journey(slug="first", holdout_percent=100, dedupe="first", exit_on=[])
+    items = []
+    for index in range(3):
+        payload = make_event(f"c{index}", "checkout_started", user="u_1", cart=f"k{index}",
+                             at=minutes_ago(3 - index))  # fmt: skip
+        data, _ = event_validate(payload)
+        assert data is not None
+        items.append((data, payload))
+    marketing_services.events_ingest_batch(source=Event.Source.WEBHOOK, items=items)
+    services.events_apply_pending()
+    assert Enrollment.objects.count() == 1
+
+
+def test_dedupe_latest_supersedes_a_held_out_send_without_touching_its_row():
+    make_journey(slug="latest", holdout_percent=100, dedupe="latest", exit_on=[])
+    ingest(make_event("c1", "checkout_started", user="u_1", cart="k1", at=minutes_ago(2)))
+    ingest(make_event("c2", "checkout_started", user="u_1", cart="k2", at=minutes_ago(1)))
+    assert Enrollment.objects.count() == 2
+    assert set(ScheduledSend.objects.values_list("status", flat=True)) == {Status.SKIPPED}
+
+
+def test_a_held_out_send_past_its_due_time_no_longer_blocks():
+    make_journey(slug="first", holdout_percent=100, dedupe="first", exit_on=[])
+    ingest(make_event("c1", "checkout_started", user="u_1", cart="k1", at=minutes_ago(11)))
+    ingest(make_event("c2", "checkout_started", user="u_1", cart="k2", at=minutes_ago(1)))
+    assert Enrollment.objects.count() == 2
