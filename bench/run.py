@@ -198,6 +198,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=600,
         help="events applied by each side of the apply_conditions scenario, per round",
     )
+    parser.add_argument(
+        "--stats-sends",
+        type=int,
+        default=1_000_000,
+        help="sends of the stats scenario's journey (GET /api/journeys/{slug}/stats/)",
+    )
+    parser.add_argument("--stats-requests", type=int, default=300, help="timed stats API requests")
+    parser.add_argument("--skip-stats", action="store_true", help="no stats scenario (nan)")
+    parser.add_argument(
+        "--only-stats", action="store_true", help="the stats scenario alone (its BENCH line)"
+    )
     parser.add_argument("--keep", metavar="DIR", help="keep process logs in DIR")
     args = parser.parse_args(argv)
     for name, quick in QUICK.items():
@@ -1045,7 +1056,7 @@ def main(argv: list[str] | None = None) -> None:
     logs = Path(args.keep) if args.keep else work
     logs.mkdir(parents=True, exist_ok=True)
     prepare_environment(args, work)
-    if not args.skip_ingest and not args.apply_conditions_only:
+    if not args.skip_ingest and not args.apply_conditions_only and not args.only_stats:
         ensure_wrk()
 
     import django
@@ -1054,10 +1065,20 @@ def main(argv: list[str] | None = None) -> None:
     from django.core.management import call_command
 
     from bench import conditions, media, provider, scaleout
+    from bench import stats as stats_scenario
     from journeys import services
     from journeys.models import Journey
 
     started = time.monotonic()
+    if args.only_stats:
+        try:
+            call_command("migrate", verbosity=0)
+            figures = stats_scenario.run(args, f"{RUN}stat", logs)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        print(stats_scenario.bench_line(figures, args.stats_sends))
+        return
     try:
         call_command("migrate", verbosity=0)
         services.demo_journeys_ensure()
@@ -1121,6 +1142,9 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_apply_conditions:
             log(f"apply_conditions: {args.apply_conditions_events} events per side")
             conditions_figures = conditions.run(args, f"{RUN}cond")
+        stats_figures = None
+        if not args.skip_stats:
+            stats_figures = stats_scenario.run(args, f"{RUN}stat", logs)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -1258,6 +1282,7 @@ def main(argv: list[str] | None = None) -> None:
     print(scaleout.bench_line(scaleout_figures, args.scaleout_hosts))
     print(provider.paths_line(paths_figures))
     print(conditions.bench_line(conditions_figures, args.apply_conditions_events))
+    print(stats_scenario.bench_line(stats_figures, 0 if args.skip_stats else args.stats_sends))
 
 
 def _triple(figures: dict[str, float], kind: str) -> str:

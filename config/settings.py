@@ -496,6 +496,11 @@ NUDGE_APPLY_QUEUE_LIMIT = env.int(
 NUDGE_RECONCILE_MINUTES = env.int(
     "NUDGE_RECONCILE_MINUTES", default=DEFAULTS["NUDGE_RECONCILE_MINUTES"]
 )
+# Every NUDGE_STATS_ROLLUP_MINUTES (0: no schedule) the messaging cluster folds the journeys'
+# recorded changes into their daily figures (journeys.services.stats).
+NUDGE_STATS_ROLLUP_MINUTES = env.int(
+    "NUDGE_STATS_ROLLUP_MINUTES", default=DEFAULTS["NUDGE_STATS_ROLLUP_MINUTES"]
+)
 NUDGE_RECONCILE_AFTER_SECONDS = env.int(
     "NUDGE_RECONCILE_AFTER_SECONDS", default=DEFAULTS["NUDGE_RECONCILE_AFTER_SECONDS"]
 )

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -27,6 +29,7 @@ from journeys.conditions import (
     step_scope,
 )
 from journeys.models import (
+    Conversion,
     Enrollment,
     FrequencyCap,
     Journey,
@@ -80,7 +83,8 @@ class JourneyForm(forms.ModelForm):
             "name", "slug", "active", "trigger", "exit_on", "exit_scope", "max_lateness",
             "dedupe", "max_wait", "reentry", "reentry_period", "conditions", "transactional",
             "priority", "send_window", "send_window_start", "send_window_end",
-            "send_weekdays_only",
+            "send_weekdays_only", "holdout_percent",
+            "conversion_window",
         ]  # fmt: skip
         widgets = {
             "send_window_start": forms.TimeInput(format="%H:%M"),
@@ -96,6 +100,9 @@ class JourneyForm(forms.ModelForm):
         for name in ("priority", "send_window"):
             if name in self.fields:
                 self.fields[name].required = False
+        # left empty: no holdout, and the default window (as journeys-as-code without them)
+        for name in ("holdout_percent", "conversion_window"):
+            self.fields[name].required = False
 
     def clean_priority(self) -> int:
         value = self.cleaned_data.get("priority")
@@ -112,6 +119,15 @@ class JourneyForm(forms.ModelForm):
         if problems:
             raise forms.ValidationError(problems)
         return value
+
+    def clean_holdout_percent(self) -> Decimal:
+        value = self.cleaned_data.get("holdout_percent")
+        return Decimal(0) if value is None else value
+
+    def clean_conversion_window(self) -> timedelta:
+        value = self.cleaned_data.get("conversion_window")
+        default = Journey._meta.get_field("conversion_window").get_default()
+        return default if value is None else value
 
     @cached_property
     def known_event_types(self) -> set[str]:
@@ -143,6 +159,9 @@ class JourneyForm(forms.ModelForm):
             )
         ):
             self.add_error("send_window_end", f"Own hours: {problem}.")
+        window = cleaned.get("conversion_window")
+        if window is not None and window <= timedelta(0):
+            self.add_error("conversion_window", "Must be longer than 0 (e.g. 5 days: 5 00:00:00).")
         return cleaned
 
 
@@ -281,7 +300,7 @@ class JourneyAdmin(GuardedActionsAdmin):
     inlines = [JourneyStepInline]
     list_display = [
         "name", "slug", "trigger", "conditions_in_words", "exit_list", "dedupe", "reentry",
-        "priority", "transactional", "active",
+        "priority", "transactional", "holdout_percent", "active",
     ]  # fmt: skip
     list_filter = ["active", "trigger", "dedupe", "transactional"]
     search_fields = ["slug", "name"]
@@ -306,6 +325,15 @@ class JourneyAdmin(GuardedActionsAdmin):
                 "one is UTC); a send due outside them waits for the next opening, or is "
                 "skipped when that is past the max lateness. The site-wide frequency caps "
                 "are under Frequency caps. A transactional journey ignores both.",
+            },
+        ),
+        (
+            "Results",
+            {
+                "fields": ["holdout_percent", "conversion_window"],
+                "description": "A holdout group is never sent anything: comparing its "
+                "conversion with the others' shows what the journey earns (GET "
+                "/api/journeys/&lt;slug&gt;/stats/).",
             },
         ),
     ]
@@ -549,6 +577,29 @@ class ScheduledSendAdmin(LargeTableAdmin):
                 "they are.",
                 messages.INFO,
             )
+
+
+@admin.register(Conversion)
+class ConversionAdmin(LargeTableAdmin):
+    """Payments credited to a journey's send (journeys.services.attribution): read only, as
+    they are derived from the payments and the sends."""
+
+    list_display = [
+        "converted_at", "journey", "kind", "held_out", "amount", "currency", "payment", "send",
+    ]  # fmt: skip
+    list_filter = ["journey", "kind", "held_out", "converted_at"]
+    search_fields = ["payment__external_id", "customer__external_id"]
+    list_select_related = ["journey", "payment"]
+    readonly_fields = [f.name for f in Conversion._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 # --- the customer list's erasure ----------------------------------------------------------

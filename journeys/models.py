@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils.timezone import now
@@ -101,6 +102,23 @@ class Journey(models.Model):
         default=dict,
         blank=True,
         help_text="Who may enter, as JSON; empty: everyone the trigger brings.",
+    )
+    # The holdout group (journeys.services.holdout): this share of enrolments, chosen by a
+    # hash of the journey's slug and the customer, is never sent, as the baseline the
+    # journey's conversion is compared with (journeys.services.attribution, journeys.stats).
+    holdout_percent = models.DecimalField(
+        "holdout %",
+        max_digits=5,
+        decimal_places=2,
+        default=Decimal(0),
+        validators=[MinValueValidator(Decimal(0)), MaxValueValidator(Decimal(100))],
+        help_text="Share of enrolled customers never sent anything (0 to 100, e.g. 10 or "
+        "2.5): their conversion is the baseline of the journey's lift.",
+    )
+    conversion_window = models.DurationField(
+        default=timedelta(days=5),
+        help_text="A payment this long after a send (or after a held-out send's due time) "
+        "counts as the journey's conversion (the last touch across journeys wins).",
     )
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -546,3 +564,90 @@ class ProviderState(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Conversion(models.Model):
+    """A payment credited to one send, so to its journey (journeys.services.attribution): by
+    its discount code (`code`), or as the last touch within the journey's conversion window
+    (`window`). `held_out`: the send was a held-out one (its due time stands for the moment
+    it would have gone out): a conversion of the holdout group, the baseline.
+
+    One per payment at most; derived from the payment, the sends and the journeys when the
+    payment_finished event is applied, and never changed afterwards.
+    """
+
+    class Kind(models.TextChoices):
+        CODE = "code", "discount code redeemed"
+        WINDOW = "window", "payment within the conversion window"
+
+    payment = models.OneToOneField(Payment, on_delete=models.CASCADE, related_name="conversion")
+    journey = models.ForeignKey(Journey, on_delete=models.PROTECT, related_name="conversions")
+    send = models.ForeignKey(
+        ScheduledSend, on_delete=models.PROTECT, related_name="conversions", db_index=False
+    )
+    # indexed: an enrolment's first conversion is found by it (the "converted" count)
+    enrollment = models.ForeignKey(Enrollment, on_delete=models.PROTECT, related_name="conversions")
+    customer = models.ForeignKey(
+        Customer, on_delete=models.PROTECT, related_name="conversions", db_index=False
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    held_out = models.BooleanField(default=False)
+    # the enrolment's first conversion: it counts the enrolment as converted, on the day the
+    # enrolment was made (enrolled_at, its created_at), beside the enrolments of that day
+    first_for_enrollment = models.BooleanField(default=True)
+    enrolled_at = models.DateTimeField()
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    # when the payment happened (its event's occurred_at)
+    converted_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        ordering = ["-converted_at"]
+
+    def __str__(self) -> str:
+        return f"{self.payment} -> {self.journey.slug} ({self.kind})"
+
+
+class JourneyDayStat(models.Model):
+    """The figures of one journey and UTC day (journeys.stats): `count` (and `amount`, for
+    revenue) of one metric and label, e.g. ("skipped", "held out"), ("revenue", "EUR").
+    Folded from JourneyStatDelta by the rollup job; read by the stats API."""
+
+    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, db_index=False)
+    day = models.DateField()
+    metric = models.CharField(max_length=32)
+    label = models.CharField(max_length=100, blank=True)
+    count = models.BigIntegerField(default=0)
+    amount = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal(0))
+
+    class Meta:
+        ordering = ["journey", "day", "metric", "label"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["journey", "day", "metric", "label"], name="journey_day_stat_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.journey_id} {self.day} {self.metric}/{self.label}: {self.count}"
+
+
+class JourneyStatDelta(models.Model):
+    """A change to JourneyDayStat not folded in yet: written in the same transaction as the
+    change itself (by PostgreSQL triggers on sends and enrolments, by the attribution for
+    conversions; journeys.stats), folded and deleted by the rollup job. Append-only: writers
+    never wait for each other on it."""
+
+    journey_id = models.BigIntegerField()
+    day = models.DateField()
+    metric = models.CharField(max_length=32)
+    label = models.CharField(max_length=100, blank=True)
+    count = models.BigIntegerField(default=0)
+    amount = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal(0))
+
+    class Meta:
+        indexes = [models.Index(fields=["journey_id", "day"], name="journey_stat_delta_day")]
+
+    def __str__(self) -> str:
+        return f"{self.journey_id} {self.day} {self.metric}/{self.label}: {self.count:+d}"

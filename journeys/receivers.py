@@ -15,7 +15,7 @@ from django_q.models import Schedule
 
 from journeys import reconcile, selectors, services
 from journeys.models import Journey, JourneyStep
-from journeys.services import retention
+from journeys.services import retention, stats
 from marketing.models import Customer, Event
 from marketing.signals import customer_opted_out, events_stored
 
@@ -90,7 +90,18 @@ def ensure_retention_schedule(sender: Any, using: str, **kwargs: Any) -> None:
         retention.retention_schedule_ensure(using=using)
 
 
+def ensure_stats_schedule(sender: Any, using: str, **kwargs: Any) -> None:
+    """After every `migrate`: the stats rollup's schedule, exactly once."""
+    if Schedule._meta.db_table in connections[using].introspection.table_names():
+        stats.journey_stats_schedule_ensure(using=using)
+
+
 def connect() -> None:
+    post_migrate.connect(
+        ensure_stats_schedule,
+        sender=apps.get_app_config("journeys"),
+        dispatch_uid="journeys-stats-schedule",
+    )
     post_migrate.connect(
         ensure_retention_schedule,
         sender=apps.get_app_config("journeys"),

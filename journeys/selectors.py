@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -133,6 +134,9 @@ def journey_spec(journey: Journey) -> dict[str, Any]:
         "transactional": journey.transactional,
         "send_window": _send_window_spec(journey),
         "conditions": journey.conditions or {},
+        # a number, as written: 10 or 2.5 (journeys.services.holdout)
+        "holdout_percent": _number(journey.holdout_percent),
+        "conversion_window": format_iso_duration(journey.conversion_window),
         "steps": [],
     }
     steps = list(journey.steps.select_related("discount_pool").order_by("position"))
@@ -228,6 +232,10 @@ def discount_code_send(code: str) -> ScheduledSend | None:
         .select_related("journey", "discount_payment")
         .first()
     )
+
+
+def _number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def journeys_export() -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import time, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from journeys.codes import DiscountRule, amount_parse, discount_rule_problems
@@ -60,6 +60,8 @@ class JourneySpec:
     send_window_start: time | None = None
     send_window_end: time | None = None
     send_weekdays_only: bool = False
+    holdout_percent: Decimal = Decimal(0)
+    conversion_window: timedelta = timedelta(days=5)
 
 
 @dataclass
@@ -140,6 +142,8 @@ def journey_spec_parse(
         "slug", "name", "trigger", "exit_on", "exit_scope", "dedupe", "max_wait", "reentry",
         "reentry_period", "max_lateness", "active", "steps", "priority", "transactional",
         "send_window", "conditions",
+        "holdout_percent",
+        "conversion_window",
     }  # fmt: skip
     if unknown:
         errors.append(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -166,6 +170,10 @@ def journey_spec_parse(
     if reentry == Journey.Reentry.PERIOD and not reentry_period:
         errors.append("reentry_period: required when reentry is 'period'")
     max_lateness = _duration(raw, "max_lateness", errors, optional=True)
+    holdout_percent = holdout_percent_parse(raw.get("holdout_percent", 0), errors)
+    conversion_window = _duration(raw, "conversion_window", errors, optional=True)
+    if conversion_window is not None and not conversion_window:
+        errors.append("conversion_window: must be longer than 0 (e.g. P5D)")
     active = raw.get("active", True)
     if not isinstance(active, bool):
         errors.append("active: must be true or false")
@@ -220,9 +228,35 @@ def journey_spec_parse(
             send_window_end=window[2],
             send_weekdays_only=window[3],
             conditions=conditions,
+            holdout_percent=holdout_percent,
+            conversion_window=(
+                conversion_window if conversion_window is not None else timedelta(days=5)
+            ),
         ),
         [],
     )
+
+
+def holdout_percent_parse(value: object, errors: list[str]) -> Decimal:
+    """A holdout percentage: a number (or a numeric string) from 0 to 100, at most two
+    decimals (10, 2.5, "12.75")."""
+    problem = "holdout_percent: a number from 0 to 100 with at most 2 decimals (e.g. 10)"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        errors.append(problem)
+        return Decimal(0)
+    try:
+        percent = Decimal(str(value).strip())
+    except InvalidOperation:
+        errors.append(problem)
+        return Decimal(0)
+    if (
+        not percent.is_finite()
+        or not 0 <= percent <= 100
+        or percent != percent.quantize(Decimal("0.01"))
+    ):
+        errors.append(problem)
+        return Decimal(0)
+    return percent.quantize(Decimal("0.01"))
 
 
 _DISCOUNT_KEYS = {"percent_off", "amount_off", "currency", "valid_for", "prefix", "pool"}

@@ -7,7 +7,16 @@ in journeys spells one itself)."""
 
 from __future__ import annotations
 
-from journeys.models import Enrollment, Journey, JourneyStep, PooledCode, ScheduledSend
+from journeys.models import (
+    Conversion,
+    Enrollment,
+    Journey,
+    JourneyDayStat,
+    JourneyStatDelta,
+    JourneyStep,
+    PooledCode,
+    ScheduledSend,
+)
 from marketing.models import Cart, Customer, Event
 
 
@@ -26,6 +35,9 @@ NAMES: dict[str, str] = {
     "cart": Cart._meta.db_table,
     "event": Event._meta.db_table,
     "pooled_code": PooledCode._meta.db_table,
+    "conversion": Conversion._meta.db_table,
+    "day_stat": JourneyDayStat._meta.db_table,
+    "stat_delta": JourneyStatDelta._meta.db_table,
     # {pending}, {sending}, {sent}, {cancelled}, {skipped}, {failed}
     **{status.name.lower(): _literal(status.value) for status in ScheduledSend.Status},
     # the statuses of a send not decided yet (ScheduledSend.ACTIVE), as an IN list

@@ -7,7 +7,7 @@ from django.conf import settings
 from django_q.tasks import async_task
 
 from journeys import reconcile, services, ticker
-from journeys.services import retention
+from journeys.services import retention, stats
 from nudge import conf
 
 
@@ -50,3 +50,9 @@ def retention_purge(event_after: int = 0, send_after: int = 0) -> str:
             cluster=conf.messaging_cluster(),
         )
     return report.summary()
+
+
+def journey_stats_fold() -> int:
+    """The stats rollup's schedule (services.stats): fold the recorded changes into the daily
+    figures; how many figures changed ends up in the task result."""
+    return stats.journey_stats_fold()

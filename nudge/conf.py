@@ -100,6 +100,9 @@ DEFAULTS: dict[str, Any] = {
     # many minutes (0: none), handing out what the ticker left this many seconds past due
     "NUDGE_RECONCILE_MINUTES": 1,
     "NUDGE_RECONCILE_AFTER_SECONDS": 60,
+    # the journeys' figures (journeys.services.stats): the rollup folding the changes into the
+    # daily figures runs every so many minutes on the messaging cluster (0: no schedule)
+    "NUDGE_STATS_ROLLUP_MINUTES": 1,
     # Host models as event sources (see README, "Events from your own models").
     "NUDGE_HOST_EVENTS": [],
     # The django-q2 cluster that runs sends and event application (None: the default

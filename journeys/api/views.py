@@ -6,6 +6,7 @@ from typing import Any
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
@@ -13,15 +14,17 @@ from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from journeys import selectors, services
+from journeys import selectors, services, stats
 from journeys.api.serializers import (
     DiscountCodeSerializer,
+    JourneyStatsQuerySerializer,
+    JourneyStatsSerializer,
     ScheduledSendCancelSerializer,
     ScheduledSendFilterSerializer,
     ScheduledSendSerializer,
 )
 from journeys.codes import code_state, value_of, value_text
-from journeys.models import ScheduledSend
+from journeys.models import Journey, ScheduledSend
 from nudge.api import AUTHENTICATED_ERRORS, AuthenticatedAPIView, Pagination, error_responses
 
 
@@ -44,6 +47,10 @@ class CanChangeSends(HasPermission):
 
 class CanCheckCodes(HasPermission):
     perm = "journeys.check_discount_code"
+
+
+class CanViewJourneys(HasPermission):
+    perm = "journeys.view_journey"
 
 
 class ScheduledSendListView(AuthenticatedAPIView, GenericAPIView):
@@ -170,3 +177,38 @@ def _code_like(code: str) -> bool:
     """Worth looking up: anything else is no code (and a NUL byte would be an error of the
     database, not a 404)."""
     return _CODE_LIKE.fullmatch(code.strip()) is not None
+
+
+class JourneyStatsView(AuthenticatedAPIView):
+    permission_classes = [IsAuthenticated, CanViewJourneys]
+
+    @extend_schema(
+        operation_id="journey_stats",
+        parameters=[
+            OpenApiParameter(
+                "from",
+                OpenApiTypes.DATE,
+                description="First UTC day counted (YYYY-MM-DD); default: 30 days before `to`.",
+            ),
+            OpenApiParameter(
+                "to",
+                OpenApiTypes.DATE,
+                description="First UTC day not counted (YYYY-MM-DD), after `from`, at most "
+                "3660 days after it; default: tomorrow (or 30 days after `from`).",
+            ),
+        ],
+        responses={
+            200: JourneyStatsSerializer,
+            **error_responses(400, 404, *AUTHENTICATED_ERRORS),
+        },
+        summary="A journey's figures over UTC days [from, to): enrolments, sends by outcome "
+        "and reason, conversions of the sent and holdout groups, lift, codes, revenue.",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        query = JourneyStatsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        journey = get_object_or_404(Journey, slug=slug)
+        start, end = query.validated_data["from"], query.validated_data["to"]
+        figures = stats.journey_figures(journey, start, end)
+        report = stats.figures_report(journey, start, end, figures)
+        return Response(JourneyStatsSerializer(report).data)

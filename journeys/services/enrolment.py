@@ -21,6 +21,7 @@ from journeys import selectors
 from journeys.durations import humanize
 from journeys.models import Enrollment, Journey, ScheduledSend
 from journeys.services import codes, pacing
+from journeys.services.attribution import conversions_record
 from journeys.services.codes import discount_code_generate
 from journeys.services.conditions import EntryConditions
 from journeys.services.exits import (
@@ -29,6 +30,12 @@ from journeys.services.exits import (
     event_exits_send,
     exit_event_first,
     exit_reason,
+)
+from journeys.services.holdout import (
+    enrollment_held_out,
+    held_out_awaiting,
+    held_out_awaiting_is,
+    held_out_reason,
 )
 from journeys.sqlnames import sql
 from marketing.models import Cart, Event
@@ -63,6 +70,7 @@ def enrolment_plan_apply(*, events: list[Event]) -> None:
     plan.save()
     # payments that carry a discount code: redeemed, duplicate, expired, void or unknown
     codes.code_redemptions_record(events=events)
+    conversions_record(events=events)
 
 
 # Cancellations decided while applying a chunk, for sends stored before it: one UPDATE, rows
@@ -103,6 +111,7 @@ class EnrolmentPlan:
     @classmethod
     def load(cls, events: list[Event], journeys: list[Journey]) -> EnrolmentPlan:
         customer_ids = {e.customer_id for e in events}
+        journeys_by_id = {j.pk: j for j in journeys}
         triggers = [(j, e) for e in events for j in journeys if j.active and j.trigger == e.type]
         triggered = {j.pk: j for j, _ in triggers}
         # sends an event may cancel: by its exits, or by superseding them
@@ -117,6 +126,14 @@ class EnrolmentPlan:
                 .order_by("-due_at", "pk")
             ):
                 active.setdefault(send.customer_id, []).append(send)
+            # held-out sends stand for pending ones until their due time (services.holdout)
+            held = held_out_awaiting(
+                customer_ids=customer_ids, journeys=[journeys_by_id[pk] for pk in watched]
+            )
+            for send in held:
+                active.setdefault(send.customer_id, []).append(send)
+            for sends in active.values() if held else ():
+                sends.sort(key=lambda s: (-s.due_at.timestamp(), s.pk))
         enrolled: dict[tuple[int, int], list[datetime]] = {}
         checked = [pk for pk, j in triggered.items() if j.reentry != Journey.Reentry.EVERY]
         if checked:
@@ -150,8 +167,10 @@ class EnrolmentPlan:
         )
 
     def _cancel(self, send: ScheduledSend, reason: str) -> None:
-        send.status, send.reason = Status.CANCELLED, reason
         self.active[send.customer_id].remove(send)
+        if held_out_awaiting_is(send):  # out of the running; its row stays held out
+            return
+        send.status, send.reason = Status.CANCELLED, reason
         if send.pk is not None:
             self.cancelled[send.pk] = reason
 
@@ -215,6 +234,7 @@ class EnrolmentPlan:
         anchor = occurred
         if journey.dedupe == Journey.Dedupe.LATEST and journey.max_wait is not None:
             anchor = min(occurred, chain_started_at + journey.max_wait)
+        held_out = enrollment_held_out(journey, customer_id)
         enrollment = Enrollment(
             journey=journey,
             customer_id=customer_id,
@@ -222,6 +242,7 @@ class EnrolmentPlan:
             trigger_event=event,
             trigger_occurred_at=occurred,
             chain_started_at=chain_started_at,
+            held_out=held_out,
         )
         self.enrollments.append(enrollment)
         self.enrolled.setdefault((journey.pk, customer_id), []).append(occurred)
@@ -245,11 +266,13 @@ class EnrolmentPlan:
             intended_at = anchor + step.delay
             due_at = max(intended_at, settled_at) if settled_at is not None else intended_at
             status: str = Status.PENDING
-            reason = ""
+            reason, stands_in = "", False
             if exit_event is not None:
                 status, reason = Status.CANCELLED, exit_reason(exit_event)
             elif (late := now - intended_at) > journey.max_lateness:
                 status, reason = Status.SKIPPED, f"stale: {humanize(late)} late at enrolment"
+            elif held_out:  # never sent, and no discount code (only pending sends get one)
+                status, reason, stands_in = Status.SKIPPED, held_out_reason(journey), True
             moved_from = None
             if status == Status.PENDING and (
                 paced := pacing.send_due_paced(journey=journey, event=event, due_at=due_at)
@@ -274,7 +297,7 @@ class EnrolmentPlan:
                 **codes.send_discount_fields(step, status=status),
             )
             self.sends.append(send)
-            if status == Status.PENDING:
+            if status == Status.PENDING or stands_in:  # stands_in: services.holdout
                 active_sends = self.active.setdefault(customer_id, [])
                 active_sends.append(send)
                 active_sends.sort(key=lambda s: s.due_at, reverse=True)

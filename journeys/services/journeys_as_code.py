@@ -134,6 +134,8 @@ def journey_save_spec(*, spec: JourneySpec) -> tuple[Journey, bool]:
             "send_window_end": spec.send_window_end,
             "send_weekdays_only": spec.send_weekdays_only,
             "conditions": spec.conditions,
+            "holdout_percent": spec.holdout_percent,
+            "conversion_window": spec.conversion_window,
         },
     )
     names = {step.discount_pool for step in spec.steps if step.discount_pool}

@@ -48,6 +48,7 @@ MARKETER_PERMISSIONS: dict[str, list[str]] = {
         "delete_pooledcode",
         "view_coderedemption",
         "check_discount_code",
+        "view_conversion",
     ],
     "media_tasks": [
         "add_uploadedimage",

@@ -53,6 +53,9 @@ def test_the_statuses_the_api_answers_are_documented(client):
 
     assert answers[("/api/events/batch/", "post")] == {"200", "400", "401", "411", "413", "503"}
     assert answers[("/api/sends/", "get")] == {"200", "400", "401", "403", "429", "503"}
+    assert answers[("/api/journeys/{slug}/stats/", "get")] == {
+        "200", "400", "401", "403", "404", "429", "503",
+    }  # fmt: skip
     assert answers[("/api/sends/{send_id}/", "get")] >= {"200", "401", "403", "404", "429"}
     assert answers[("/api/sends/{send_id}/cancel/", "post")] >= {
         "200", "400", "401", "403", "404", "409", "415", "429",

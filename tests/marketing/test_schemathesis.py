@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from journeys import services as journeys_services
-from journeys.models import ScheduledSend
+from journeys.models import Journey, ScheduledSend
 from tests.factories import UploadedImageFactory
 from tests.journeys.conftest import dispatch_due, ingest, make_event, minutes_ago
 from tests.webhook_client import signed_headers
@@ -61,6 +61,7 @@ EXAMPLES: dict[str, tuple[int, int]] = {
     "POST /api/events/batch/": (300, 100),
     "GET /api/sends/": (800, 200),
     "GET /api/sends/{send_id}/": (600, 150),
+    "GET /api/journeys/{slug}/stats/": (400, 150),
     "POST /api/sends/{send_id}/cancel/": (500, 150),
     "GET /api/codes/{code}/": (400, 150),
     "POST /api/media/": (250, 100),
@@ -97,6 +98,7 @@ def seeded() -> dict[str, Any]:
         "view_scheduledsend",
         "change_scheduledsend",
         "check_discount_code",
+        "view_journey",
         "view_uploadedimage",
         "add_uploadedimage",
     )
@@ -116,7 +118,11 @@ def seeded() -> dict[str, Any]:
     assert ScheduledSend.objects.filter(cart=None).exists()
     assert ScheduledSend.objects.exclude(cart=None).exists()
     assert ScheduledSend.objects.filter(status="sent").exists()
-    return {"tokens": tokens, "ids": {"send_id": sends, "id": [image.pk], "code": codes}}
+    slugs = list(Journey.objects.values_list("slug", flat=True))
+    return {
+        "tokens": tokens,
+        "ids": {"send_id": sends, "id": [image.pk], "code": codes, "slug": slugs},
+    }
 
 
 def test_the_api_conforms_to_its_schema(seeded, settings_override):
@@ -147,6 +153,7 @@ def test_the_api_conforms_to_its_schema(seeded, settings_override):
     assert statuses["POST /api/events/batch/ positive"][200] > 0
     assert statuses["GET /api/sends/ positive"][200] > 0
     assert statuses["GET /api/sends/{send_id}/ positive"][200] > 0
+    assert statuses["GET /api/journeys/{slug}/stats/ positive"][200] > 0
     assert statuses["POST /api/sends/{send_id}/cancel/ positive"][200] > 0
     assert statuses["GET /api/media/{id}/ positive"][200] > 0
     assert statuses["GET /api/codes/{code}/ positive"][200] > 0
