@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db.models import Q
+
 from journeys.conditions import (
     MISSING,
     PROPERTIES,
@@ -158,15 +160,19 @@ class EntryConditions:
             loaded.customers.update(Customer.objects.in_bulk(wanted))
         needs = [(need, e) for c, e in conditional for need in c.history]
         if needs:
-            types = {need.event_type for need, _ in needs}
-            since = min(e.occurred_at - need.within for need, e in needs)
-            until = max(e.occurred_at for _, e in needs)
-            # on the (customer, type, occurred_at) index: one range per customer and type
+            # one range per type (the longest window it is asked over), on the
+            # (customer, type, occurred_at) index
+            since: dict[str, datetime] = {}
+            for need, event in needs:
+                start = event.occurred_at - need.within
+                since[need.event_type] = min(since.get(need.event_type, start), start)
+            ranges = Q()
+            for event_type, start in since.items():
+                ranges |= Q(type=event_type, occurred_at__gte=start)
             rows = Event.objects.filter(
+                ranges,
                 customer_id__in={e.customer_id for _, e in needs},
-                type__in=types,
-                occurred_at__gte=since,
-                occurred_at__lte=until,
+                occurred_at__lte=max(e.occurred_at for _, e in needs),
             ).values_list("customer_id", "type", "occurred_at")
             for customer_id, event_type, occurred_at in rows:
                 loaded.history.setdefault((customer_id, event_type), []).append(occurred_at)

@@ -787,3 +787,46 @@ def test_the_preview_is_for_admin_users_only():
 
     assert response.status_code == 302
     assert "/login/" in response["Location"]
+
+
+def test_history_of_several_types_and_windows_is_one_query_per_chunk():
+    recent = conditional_journey(
+        {"history": {"event": "payment_finished", "within": "P1D", "op": "=", "count": 0}},
+        slug="no-payment-today",
+        exit_on=[],
+        dedupe="every",
+    )
+    regular = conditional_journey(
+        {"history": {"event": "checkout_started", "within": "P30D", "op": ">=", "count": 2}},
+        slug="regulars",
+        exit_on=[],
+        dedupe="every",
+    )
+    now = timezone.now()
+    store(make_event("p_old", "payment_finished", user="u_1", at=now - timedelta(days=3),
+                     payment="p_old"))  # fmt: skip
+    store(checkout("c_old", user="u_1", at=now - timedelta(days=20)))
+    store(make_event("p_new", "payment_finished", user="u_2", at=now - timedelta(hours=2),
+                     payment="p_new"))  # fmt: skip
+    triggers = [store(checkout(f"c_{u}", user=u, at=minutes_ago(5))) for u in ("u_1", "u_2")]
+
+    with transaction.atomic():
+        journeys = selectors.journeys_all()
+        by_slug = {j.slug: j for j in journeys}
+        with CaptureQueriesContext(connection) as queries:
+            plan = EnrolmentPlan.load(triggers, journeys)
+        history = [q for q in queries if "payment_finished" in q["sql"]]
+        notes = {
+            (slug, e.customer.external_id): plan.enrol(by_slug[slug], e)
+            for slug in (recent.slug, regular.slug)
+            for e in triggers
+        }
+        transaction.set_rollback(True)
+
+    assert len(history) == 1, history
+    assert notes == {
+        ("no-payment-today", "u_1"): "enrolled",  # its payment was 3 days ago
+        ("no-payment-today", "u_2"): "condition payment_finished within P1D = 0 false (1)",
+        ("regulars", "u_1"): "enrolled",  # 20 days ago and now
+        ("regulars", "u_2"): "condition checkout_started within P30D >= 2 false (1)",
+    }
