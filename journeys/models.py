@@ -300,7 +300,12 @@ class ScheduledSend(models.Model):
     # When the send was meant to go out, once pacing (a frequency cap, quiet hours) moved
     # its due_at; NULL: due_at is. Max lateness is measured from it (see `intended`). NULL,
     # not a db_default: the raw INSERTs (bench, enrolment) and every row before it mean due_at.
-    intended_at = models.DateTimeField(null=True, blank=True)
+    intended_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When it was meant to go out, if pacing (a frequency cap, quiet hours) "
+        "moved it; its max lateness counts from here.",
+    )
     # One active send per (step, dedupe_key): the database refuses a second pending promise.
     dedupe_key = models.CharField(max_length=300)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)

@@ -280,6 +280,9 @@ class _Run:
                 send.updated_at = now
             codes.pool_codes_give_back(sends=sends, take=pooled)
             _outcomes_save(sends)
+        # made in id order, as the gates gave their start slots (a call waits in its pool
+        # thread for its slot: one submitted out of order would hold up the earlier ones)
+        calls.sort(key=lambda call: call.send.pk)
         if lock_customers:
             # the customers of sends that were refused, or were no longer in flight
             calling = Counter(call.send.customer_id for call in calls)

@@ -20,8 +20,8 @@ PARIS = zone_of("Europe/Paris")
 NEW_YORK = zone_of("America/New_York")
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def window(text: str, *, weekdays_only: bool = False) -> SendWindow:
