@@ -19,7 +19,7 @@ The token is `django.core.signing` over the customer's id and the channel, with 
 it never expires (an unsubscribe link must keep working), and a forged or altered token fails
 its signature (UnsubscribeTokenInvalid), so it opts no one out. An opt-out through the link
 sets `email_opted_out_at` and `email_opted_out_via`; while they are set, an event's
-consent.email=true does not opt the customer back in (services.profiles, HELD_BY_OPT_OUT).
+consent.email=true does not opt the customer back in (consent_decide; services.profiles in SQL).
 The opt-out's transaction sends `customer_opted_out` (journeys wait there for a dispatch chunk
 holding the customer's sends), and dispatch re-reads the customer under its lock before each
 send: a send not yet handed to the provider when the opt-out answers is skipped, "opted out of

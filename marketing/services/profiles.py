@@ -10,7 +10,7 @@ Consent has its own time per channel (`<channel>_consent_at`): the event's conse
 recorded as granted or revoked, with source "event:<event id>" and its occurred_at as the
 time (the same state stated again keeps its source, and moves its time), unless the stored
 consent is newer (a later event's, an operator's or the customer's
-own word since) or the customer's own opt-out holds the channel (HELD_BY_OPT_OUT: an
+own word since) or the customer's own opt-out holds the channel (ConsentColumns.held_by: an
 unsubscribe click, a STOP); so a late sign-up still records the consent it carries when a
 newer event without consent came first. services.consent.consent_decide is that rule in
 Python, `_consent_takes` in SQL. The row stays locked until the transaction commits,
@@ -68,10 +68,6 @@ class ConsentColumns:
 
 
 CUSTOMER_CONSENT = (ConsentColumns("email", "email"), ConsentColumns("sms", "sms"))
-# A channel's consent the customer's own opt-out holds (marketing.services.consent): while the
-# opt-out's column is set, no event changes it (an event's consent.email=true does not
-# re-subscribe someone who clicked unsubscribe); only the customer's own opt-in does.
-HELD_BY_OPT_OUT = {c.state.name: c.held_by.name for c in CUSTOMER_CONSENT}
 _CONSENT_COLUMNS = ", ".join(col.column for c in CUSTOMER_CONSENT for col in c.columns)
 _GRANTED, _REVOKED, _UNKNOWN = (
     literal(str(ConsentState.GRANTED)),
