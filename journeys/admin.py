@@ -495,7 +495,7 @@ class JourneyAdmin(GuardedActionsAdmin):
 
 
 @admin.register(FrequencyCap)
-class FrequencyCapAdmin(admin.ModelAdmin):
+class FrequencyCapAdmin(GuardedActionsAdmin):
     """The site's caps per channel across every journey (journeys.services.pacing): a
     marketer adds, edits or deactivates them; each active one must allow a send."""
 

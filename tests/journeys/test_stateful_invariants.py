@@ -54,7 +54,7 @@ from hypothesis.stateful import (
 
 from journeys import ticker
 from journeys.channels import OutgoingMessage, get_channel
-from journeys.models import Journey, JourneyStep, ScheduledSend
+from journeys.models import DiscountCodePool, FrequencyCap, Journey, JourneyStep, ScheduledSend
 from marketing import services as marketing_services
 from marketing.models import Customer, Event
 from marketing.validation import event_validate
@@ -126,14 +126,16 @@ def _journeys_ensure() -> None:
 
 
 def _state_models() -> list[type[models.Model]]:
-    """The tables a run writes: marketing's and journeys' but the journeys themselves."""
+    """The tables a run writes: marketing's and journeys' but the configuration (journeys,
+    their steps, and what steps and dispatch refer to: code pools, caps). A TRUNCATE of a
+    pool's table would CASCADE to the steps that take codes from it."""
     return [
         model
         for model in apps.get_models()
         if model._meta.app_label in {"marketing", "journeys"}
         and model._meta.managed
         and not model._meta.proxy
-        and model not in (Journey, JourneyStep)
+        and model not in (Journey, JourneyStep, DiscountCodePool, FrequencyCap)
     ]
 
 
@@ -224,6 +226,9 @@ class Nudge(RuleBasedStateMachine):
         occurred = (self.minute - back, seq)
         at = timezone.now() - timedelta(minutes=back)
         payload = event(event_id, kind, user_id=person.external_id, occurred_at=iso(at), **extra)
+        # consent recorded with every event: under NUDGE_CONSENT_DEFAULT=deny a customer
+        # whose consent is unknown gets no marketing, which is not what this model checks
+        payload["user"]["consent"] = {"email": True, "sms": True}
         if journey := TRIGGERED_BY.get(kind):
             self.triggers[event_id] = Trigger(event_id, journey, person.external_id, occurred)
         if kind == "payment_finished":
