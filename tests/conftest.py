@@ -4,8 +4,8 @@ storage, fast password hashing), so live servers built once per session get it t
 `make test` runs the suite on several pytest-xdist workers (`-n ... --dist loadgroup`). Each
 worker has its own test database (pytest-django names it test_nudge_gw0, test_nudge_gw1, ...)
 and, set here, its own Redis database; every port a test listens on is a free one. Tests that
-must not share the machine with other tests, or that share a module-scoped fixture, are marked
-`xdist_group` and run one after another on one worker."""
+share a module-scoped fixture (a server, the wheel's virtualenv) are marked `xdist_group` and
+run one after another on one worker."""
 
 from __future__ import annotations
 
