@@ -23,8 +23,13 @@ run: install .env
 	$(BIN)/python manage.py nudge_demo
 	PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/python scripts/start.py --procfile Procfile --port $(PORT)
 
+# pytest-xdist workers: most tests wait on PostgreSQL, servers or subprocesses, so one more
+# worker than cores pays off; 4 was slower on 2 cores (tests/conftest.py: what each has).
+# Serially: make test PYTEST_ARGS="-n 0"; one file: make test PYTEST_ARGS="-n 0 tests/x.py".
+PYTEST_WORKERS ?= 3
+
 test: install
-	scripts/services.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+	scripts/services.sh $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from django.db import connection
@@ -26,15 +27,17 @@ def test_four_hosts_dispatch_every_send_exactly_once(tmp_path: Path) -> None:
     if connection.vendor != "postgresql" or not os.environ.get("NUDGE_TEST_REDIS_URL"):
         pytest.skip("the hosts share PostgreSQL and Redis: run through make test")
     journey, step = sms_journey()
+    redis_url = os.environ["NUDGE_TEST_REDIS_URL"]
     try:
         scale = Scaleout(
             database_url=database_url(connection),
-            redis_url=os.environ["NUDGE_TEST_REDIS_URL"],
+            redis_url=redis_url,
             hosts=HOSTS,
             logs=tmp_path,
             latency_ms=100,
             env={"NUDGE_DISPATCH_TASK_SIZE": "50"},  # small tasks: every cluster gets some of 800
-            redis_db=13,
+            # this run's (or this xdist worker's) own database, which Scaleout flushes
+            redis_db=int(urlsplit(redis_url).path.strip("/") or 0),
         )
         with scale:
             outcome = scale.round(HOSTS, SENDS, journey, step, "scale")

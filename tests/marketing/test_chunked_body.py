@@ -19,7 +19,8 @@ from marketing.models import Event
 from tests.servers import database_url, running_server
 from tests.webhook_client import SECRET, event, signed_headers
 
-pytestmark = pytest.mark.slow
+# One worker starts the module's server for every test here.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chunked_body")]
 
 
 @pytest.fixture(scope="module")

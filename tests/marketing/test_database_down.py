@@ -12,6 +12,9 @@ import pytest
 from tests.servers import closed_port, get, running_server
 from tests.webhook_client import SECRET, event, signed_headers
 
+# One worker starts the module's server for every test here.
+pytestmark = pytest.mark.xdist_group("database_down")
+
 
 @pytest.fixture(scope="module")
 def server_without_database():

@@ -28,7 +28,8 @@ import pytest
 from tests.servers import free_port
 from tests.webhook_client import SECRET, event, signed_headers
 
-pytestmark = pytest.mark.slow
+# One worker builds the wheel and the shop's virtualenv (module fixtures) for every test here.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST_PROJECT = Path(__file__).resolve().parent / "hostproject"
