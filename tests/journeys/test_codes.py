@@ -421,7 +421,7 @@ def test_two_dispatches_never_take_the_same_pool_code():
     ScheduledSend.objects.update(status=Status.SENDING)
     first_took = threading.Event()
     second_done = threading.Event()
-    taken: dict[str, set[str]] = {}
+    taken: dict[str, set[str | None]] = {}
     errors: list[BaseException] = []
 
     def worker(name: str, send_ids: list[int], *, hold: bool) -> None:

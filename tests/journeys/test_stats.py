@@ -468,7 +468,9 @@ def test_the_rollup_schedule_exists_once_and_follows_the_setting(settings):
 def test_the_lift_interval_is_katz_log_risk_ratio():
     # 30/100 vs 10/100: risk ratio 3, se of its log sqrt(1/30 - 1/100 + 1/10 - 1/100) = 0.33665,
     # 3 * exp(±1.96 * 0.33665) - 1
-    low, high = stats.lift_interval(30, 100, 10, 100)
+    interval = stats.lift_interval(30, 100, 10, 100)
+    assert interval is not None
+    low, high = interval
     assert (round(low, 4), round(high, 4)) == (0.5508, 4.8033)
     assert stats.lift_interval(0, 100, 10, 100) is None
     assert stats.lift_interval(5, 100, 0, 0) is None
@@ -476,7 +478,9 @@ def test_the_lift_interval_is_katz_log_risk_ratio():
 
 def test_the_difference_interval_is_newcombes_hybrid_score():
     # Newcombe (1998), Statistics in Medicine 17:873, table II, example (a): 56/70 vs 48/80
-    low, high = stats.difference_interval(56, 70, 48, 80)
+    interval = stats.difference_interval(56, 70, 48, 80)
+    assert interval is not None
+    low, high = interval
     assert (round(low, 4), round(high, 4)) == (0.0524, 0.3339)
     assert stats.difference_interval(1, 10, 0, 0) is None
 
