@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from pathlib import Path
 
 from django.apps import apps
@@ -35,12 +36,27 @@ def _docstrings(tree: ast.AST) -> set[int]:
     return found
 
 
+def _parse(path: Path) -> ast.Module:
+    """ast.parse in a thread of its own: CPython 3.11's AST constructor checks its recursion
+    depth against the calling thread's, and deep in a pytest-xdist worker's stack it can fail
+    with "SystemError: AST constructor recursion depth mismatch" (CPython gh-106905, fixed in
+    3.12); a new thread starts from an empty stack."""
+    trees: list[ast.Module] = []
+    thread = threading.Thread(
+        target=lambda: trees.append(ast.parse(path.read_text(), filename=str(path)))
+    )
+    thread.start()
+    thread.join()
+    assert trees, f"{path} did not parse"
+    return trees[0]
+
+
 def sql_strings() -> list[tuple[str, int, str]]:
     """Every string constant of the scanned modules that reads as SQL (f-strings' parts
     included), with where it is."""
     found = []
     for path in SCANNED:
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = _parse(path)
         prose = _docstrings(tree)
         for node in ast.walk(tree):
             if (
