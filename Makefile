@@ -54,6 +54,9 @@ profile: install
 # The fault-injection run (issue 14): real processes, faults, and a checker; exits 1 on any
 # violation. Scale and other flags: make chaos ARGS="--events 3000 --window 60".
 chaos: install
+	@command -v faketime >/dev/null || { echo "chaos: installing Debian's faketime"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends faketime >/dev/null \
+	  || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends faketime >/dev/null; }; }
 	NUDGE_PG_OPTIONS="$(BENCH_PG_OPTIONS)" scripts/services.sh $(BIN)/python -m chaos $(ARGS)
 
 clean:
