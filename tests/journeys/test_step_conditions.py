@@ -3,9 +3,7 @@ webhook (django-anymail, Postmark's documented Open and Click JSON)."""
 
 from __future__ import annotations
 
-import base64
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +14,6 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from journeys import services
-from journeys.channels import get_channel
 from journeys.models import JourneyStep, ScheduledSend
 from tests.journeys.conftest import (
     dispatch_due,
@@ -27,25 +24,16 @@ from tests.journeys.conftest import (
     sends,
 )
 
+# the tracking webhook's URL, credentials and settings, as the feedback tests post to it
+from tests.journeys.test_feedback import URL, _anymail, _basic  # noqa: F401
+
 pytestmark = pytest.mark.django_db
 Status = ScheduledSend.Status
 Delivery = ScheduledSend.DeliveryStatus
-URL = "/api/anymail/postmark/tracking/"
-AUTH = "hook:s3cret"
-
-
-@pytest.fixture(autouse=True)
-def _anymail(settings: Any) -> Iterator[None]:
-    settings.ANYMAIL = {"WEBHOOK_SECRET": AUTH}
-    settings.NUDGE_PUBLIC_URL = "https://shop.example"
-    get_channel.cache_clear()
-    yield
-    get_channel.cache_clear()
 
 
 def _post(payload: dict[str, Any]) -> Any:
-    auth = {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(AUTH.encode()).decode()}
-    return Client().post(URL, data=json.dumps(payload), content_type="application/json", **auth)
+    return Client().post(URL, data=json.dumps(payload), content_type="application/json", **_basic())
 
 
 def _open(send: ScheduledSend, at: str = "2026-12-02T16:40:00Z") -> dict[str, Any]:
